@@ -1,0 +1,6 @@
+"""Allow ``python -m covidseg``."""
+
+from covidseg.cli import main
+
+if __name__ == "__main__":
+    main()
