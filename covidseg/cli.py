@@ -1,0 +1,234 @@
+"""The ``covidseg`` command line: a thin layer over the library.
+
+Each command imports its heavy modules (torch, MONAI, SimpleITK) inside its body, so ``covidseg --help`` is
+instant. Errors caused by user input (:class:`covidseg.errors.CovidsegError`) are printed as one line on stderr
+with exit code 2 and no traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from covidseg.errors import CovidsegError
+
+EXIT_USER_ERROR = 2
+
+app = typer.Typer(
+    name="covidseg",
+    help=(
+        "Segment COVID-19 lung opacities (ground glass, consolidation) in chest CT, and fine-tune the "
+        "segmenter on small labelled sets with transfer regularization."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str) -> typer.Exit:
+    """Print ``error: message`` on one line to stderr and return the exit to raise."""
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    return typer.Exit(EXIT_USER_ERROR)
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
+    """Register a CLI command whose user errors become one line on stderr and exit code 2."""
+
+    def decorator(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*a: Any, **k: Any) -> Any:
+            try:
+                return fn(*a, **k)
+            except CovidsegError as err:
+                raise _fail(str(err)) from None
+            except KeyboardInterrupt:
+                typer.echo("interrupted", err=True)
+                raise typer.Exit(130) from None
+
+        app.command(*args, **kwargs)(wrapper)
+        return fn
+
+    return decorator
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from covidseg import __version__
+
+        typer.echo(f"covidseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version_callback, is_eager=True)
+    ] = False,
+) -> None:
+    """Segment COVID-19 lung opacities in chest CT; fine-tune with transfer regularization."""
+
+
+# Options shared by every command that reads a scan.
+ImageWindowOption = Annotated[
+    tuple[float, float] | None,
+    typer.Option(
+        "--image-window",
+        help=(
+            "For 2-D PNG/JPEG slices only: the display window (LOW HIGH, in HU) the 8-bit image was saved with, "
+            "used to map 0..255 back to approximate HU. Default: a lung window, -1350 150."
+        ),
+        show_default=False,
+    ),
+]
+AssumeHUOption = Annotated[
+    bool, typer.Option("--assume-hu", help="Proceed even when the intensities do not look like Hounsfield units.")
+]
+AllowNonCTOption = Annotated[
+    bool, typer.Option("--allow-non-ct", help="Proceed even when the DICOM Modality is not CT.")
+]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+
+
+def _load(scan: Path, image_window: tuple[float, float] | None, assume_hu: bool, allow_non_ct: bool) -> Any:
+    from covidseg.io import load_ct
+
+    return load_ct(scan, image_window=image_window, assume_hu=assume_hu, allow_non_ct=allow_non_ct)
+
+
+@command("info")
+def info(
+    scan: Annotated[Path, typer.Argument(help="A NIfTI/MHA/MHD/NRRD file, a DICOM series folder or a 2-D PNG/JPEG.")],
+    image_window: ImageWindowOption = None,
+    assume_hu: AssumeHUOption = False,
+    allow_non_ct: AllowNonCTOption = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
+) -> None:
+    """Show what the loader sees: format, shape, spacing (mm), orientation, HU range, whether it looks like HU.
+
+    Example: covidseg info scan.nii.gz
+    """
+    from covidseg.io import describe
+
+    volume = _load(scan, image_window, assume_hu, allow_non_ct)
+    facts = describe(volume)
+    if as_json:
+        typer.echo(json.dumps(facts, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"covidseg info: {scan}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in facts.items():
+        if isinstance(value, list | tuple) and value and all(isinstance(v, float) for v in value):
+            value = ", ".join(f"{v:.4g}" for v in value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list | tuple):
+            value = "; ".join(str(v) for v in value) if value else "-"
+        table.add_row(str(key), str(value))
+    Console().print(table)
+
+
+@command("phantom")
+def phantom(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the phantom into.")],
+    shape: Annotated[tuple[int, int, int], typer.Option(help="Voxels along z (axial slices), y and x.")] = (
+        64,
+        256,
+        256,
+    ),
+    spacing: Annotated[tuple[float, float, float], typer.Option(help="Voxel spacing along z, y, x in mm.")] = (
+        5.0,
+        1.4,
+        1.4,
+    ),
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same phantom.")] = 0,
+    lesions: Annotated[int | None, typer.Option(help="Number of lesions (default: random, 3 to 8).")] = None,
+    fmt: Annotated[
+        list[str] | None,
+        typer.Option("--format", help="Output format(s): nifti, dicom, mha, nrrd. Repeat for several."),
+    ] = None,
+    name: Annotated[str, typer.Option(help="File name stem.")] = "phantom",
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Write a synthetic chest-CT phantom (HU volume, labels, PNG montage) for trying covidseg without data.
+
+    Example: covidseg phantom demo/ --shape 64 256 256 --format nifti --format dicom
+    """
+    from covidseg.data.phantom import generate_phantom, save_montage, save_phantom
+    from covidseg.errors import InputError
+
+    formats = tuple(fmt or ["nifti"])
+    valid = {"nifti", "dicom", "mha", "nrrd"}
+    unknown = sorted(set(formats) - valid)
+    if unknown:
+        raise InputError(f"unknown --format {unknown}; expected some of {sorted(valid)}")
+    kwargs: dict[str, Any] = {"seed": seed}
+    if lesions is not None:
+        kwargs["n_lesions"] = lesions
+    result = generate_phantom(shape, spacing, **kwargs)
+    written = save_phantom(result, out_dir, name=name, formats=formats, overwrite=overwrite)
+    montage = save_montage(result.hu, result.labels, Path(out_dir) / f"{name}_montage.png", overwrite=overwrite)
+    for kind, path in {**written, "montage": montage}.items():
+        typer.echo(f"{kind:>8}: {path}")
+
+
+@command("preprocess")
+def preprocess(
+    scan: Annotated[Path, typer.Argument(help="A CT scan in any supported format.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .npy file: (Z, H, W) float16 in [0, 1].")],
+    window: Annotated[tuple[float, float], typer.Option(help="HU window LOW HIGH mapped to [0, 1].")] = (-1000.0, 0.0),
+    size: Annotated[tuple[int, int], typer.Option(help="Slice size HEIGHT WIDTH (multiples of 32).")] = (384, 384),
+    preview: Annotated[Path | None, typer.Option(help="Also write a PNG of a few preprocessed slices.")] = None,
+    image_window: ImageWindowOption = None,
+    assume_hu: AssumeHUOption = False,
+    allow_non_ct: AllowNonCTOption = False,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Run the network's preprocessing on a scan (HU window, slice resize) and save the slices.
+
+    Example: covidseg preprocess scan.nii.gz -o scan_slices.npy --preview slices.png
+    """
+    from covidseg.data.preprocess import PreprocessConfig
+    from covidseg.data.preview import write_preprocessed
+
+    config = PreprocessConfig(window=window, slice_size=size)
+    volume = _load(scan, image_window, assume_hu, allow_non_ct)
+    summary = write_preprocessed(volume, config, output, preview=preview, overwrite=overwrite)
+    typer.echo(summary)
+
+
+@command("demo")
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes.")] = Path(
+        "demo-output"
+    ),
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Run the main job on the embedded default: a synthetic chest CT through covidseg's pipeline.
+
+    Example: covidseg demo --out demo-output --overwrite
+    """
+    from covidseg.demo import run_demo
+
+    run_demo(out_dir, overwrite=overwrite)
+
+
+def main() -> None:
+    """Entry point of the ``covidseg`` console script and ``python -m covidseg``."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The command line as a user meets it: help, info, phantom, preprocess, demo, and every bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from covidseg.cli import app
+
+runner = CliRunner()
+
+
+def _ct(path: Path, shape=(32, 40, 6), seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    hu = rng.integers(-1024, 400, size=shape).astype(np.int16)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(hu, affine), path)
+    return path
+
+
+def _listing(folder: Path) -> set[str]:
+    return {p.name for p in folder.rglob("*")}
+
+
+def test_help_lists_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in ("info", "phantom", "preprocess", "demo"):
+        assert name in result.output
+
+
+@pytest.mark.parametrize("name", ["info", "phantom", "preprocess", "demo"])
+def test_command_help(name):
+    result = runner.invoke(app, [name, "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output
+
+
+def test_info_json_reports_geometry_and_hu(tmp_path):
+    scan = _ct(tmp_path / "scan.nii.gz")
+    result = runner.invoke(app, ["info", str(scan), "--json"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.output)
+    assert facts["format"] == "nifti"
+    assert list(facts["spacing_mm"]) == pytest.approx([2.5, 0.8, 0.8])
+    assert facts["looks_like_hu"] is True
+
+
+def test_info_table(tmp_path):
+    scan = _ct(tmp_path / "scan.nii.gz")
+    result = runner.invoke(app, ["info", str(scan)])
+    assert result.exit_code == 0, result.output
+    assert "nifti" in result.output
+
+
+def test_preprocess_writes_float16_slices_and_preview(tmp_path):
+    scan = _ct(tmp_path / "scan.nii.gz")
+    out = tmp_path / "slices.npy"
+    result = runner.invoke(
+        app, ["preprocess", str(scan), "-o", str(out), "--size", "64", "64", "--preview", str(tmp_path / "p.png")]
+    )
+    assert result.exit_code == 0, result.output
+    slices = np.load(out)
+    assert slices.shape == (6, 64, 64) and slices.dtype == np.float16
+    assert 0.0 <= slices.min() and slices.max() <= 1.0
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_preprocess_refuses_to_overwrite(tmp_path):
+    scan = _ct(tmp_path / "scan.nii.gz")
+    out = tmp_path / "slices.npy"
+    out.write_bytes(b"keep me")
+    result = runner.invoke(app, ["preprocess", str(scan), "-o", str(out), "--size", "64", "64"])
+    assert result.exit_code == 2
+    assert "--overwrite" in result.output
+    assert out.read_bytes() == b"keep me"
+    result = runner.invoke(app, ["preprocess", str(scan), "-o", str(out), "--size", "64", "64", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert np.load(out).shape == (6, 64, 64)
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
+    good = _ct(tmp_path / "good.nii.gz")
+    empty = tmp_path / "empty.nii.gz"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    no_dicom = tmp_path / "no_dicom"
+    no_dicom.mkdir()
+    (no_dicom / "notes.txt").write_text("not a dicom")
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32), np.int16), np.eye(4)), flat)
+    four_d = tmp_path / "four_d.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 4, 3), np.int16), np.eye(4)), four_d)
+    nan = tmp_path / "nan.nii.gz"
+    data = np.full((16, 16, 4), -500.0, np.float32)
+    data[3, 3, 1] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), nan)
+    windowed = tmp_path / "windowed.nii.gz"
+    rng = np.random.default_rng(1)
+    nib.save(nib.Nifti1Image(rng.integers(0, 256, (16, 16, 4)).astype(np.uint8), np.eye(4)), windowed)
+    return {
+        "missing": tmp_path / "does_not_exist.nii.gz",
+        "empty": empty,
+        "truncated": truncated,
+        "no_dicom": no_dicom,
+        "2d": flat,
+        "4d": four_d,
+        "nan": nan,
+        "0..255": windowed,
+    }
+
+
+BAD = ["missing", "empty", "truncated", "no_dicom", "2d", "4d", "nan", "0..255"]
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, kind):
+    scan = _bad_inputs(tmp_path)[kind]
+    before = _listing(tmp_path)
+    out = tmp_path / "out.npy"
+    result = runner.invoke(app, ["preprocess", str(scan), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    assert _listing(tmp_path) == before
+
+
+def test_windowed_volume_proceeds_with_assume_hu(tmp_path):
+    scan = _bad_inputs(tmp_path)["0..255"]
+    result = runner.invoke(app, ["info", str(scan), "--assume-hu", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["looks_like_hu"] is False
+
+
+def test_real_subprocess_has_no_traceback(tmp_path):
+    """Through the installed entry point, as a user runs it."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "covidseg", "info", str(tmp_path / "nope.nii.gz")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: ")
+    assert "nope.nii.gz" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("covidseg ")
