@@ -68,7 +68,7 @@ def test_preprocess_writes_float16_slices_and_preview(tmp_path):
     assert result.exit_code == 0, result.output
     slices = np.load(out)
     assert slices.shape == (6, 64, 64) and slices.dtype == np.float16
-    assert 0.0 <= slices.min() and slices.max() <= 1.0
+    assert slices.min() >= 0.0 and slices.max() <= 1.0
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
