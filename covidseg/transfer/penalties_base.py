@@ -137,8 +137,6 @@ class TransferPenalty(nn.Module):
     uses_source: bool = True
     #: Registry name, set by each subclass.
     name: str = ""
-    #: λ of each active SP tensor (non-persistent buffer: derived from the schedule, moves with ``.to()``).
-    sp_coef: Tensor
     #: Diagonal Fisher buffers (Fisher penalties only).
     fisher: TensorStore
 
@@ -198,11 +196,10 @@ class TransferPenalty(nn.Module):
             raise ConfigError(f"penalty {self.name!r} needs a schedule for its {len(sp)} source-matched tensors")
         self._active_sp = [n for n in sp if 0.0 < self._lambda_of_layer[self._layer[n]] < math.inf]
         self._frozen_names = [n for n in sp if math.isinf(self._lambda_of_layer[self._layer[n]])]
-        coef = [self._lambda_of_layer[self._layer[n]] for n in self._active_sp]
-        first = next(iter(params.values()), None)
-        dtype = first.dtype if first is not None and first.is_floating_point() else torch.get_default_dtype()
-        device = first.device if first is not None else None
-        self.register_buffer("sp_coef", torch.tensor(coef, dtype=dtype, device=device), persistent=False)
+        # λ kept in Python floats (double precision) and materialized per dtype/device on use, so a float32
+        # penalty moved to float64 does not carry float32-rounded coefficients.
+        self._coef_values = [self._lambda_of_layer[self._layer[n]] for n in self._active_sp]
+        self._coef_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         self._active_new = list(new) if self.decoder_lambda > 0 else []
 
     @staticmethod
@@ -264,6 +261,15 @@ class TransferPenalty(nn.Module):
     def _references(self, names: list[str]) -> list[Tensor]:
         return [self.reference.get(n) for n in names]
 
+    def _coefficients(self, like: Tensor) -> Tensor:
+        """Return λ of every active SP tensor as a vector with the dtype and device of ``like``."""
+        key = (like.dtype, like.device)
+        coef = self._coef_cache.get(key)
+        if coef is None:
+            coef = torch.tensor(self._coef_values, dtype=like.dtype, device=like.device)
+            self._coef_cache[key] = coef
+        return coef
+
     def _new_terms(self, theta: list[Tensor]) -> Tensor:
         return torch.stack(torch._foreach_norm(theta, 2)).square()
 
@@ -277,7 +283,7 @@ class TransferPenalty(nn.Module):
         if self._active_sp:
             theta = self._fetch(model, self._active_sp)
             terms = self._sp_terms(theta, self._references(self._active_sp), self._active_sp)
-            total = (terms * self.sp_coef.to(terms.dtype)).sum()
+            total = (terms * self._coefficients(terms)).sum()
         if self._active_new:
             new_total = self.decoder_lambda * self._new_terms(self._fetch(model, self._active_new)).sum()
             total = new_total if total is None else total + new_total
@@ -300,7 +306,7 @@ class TransferPenalty(nn.Module):
         if self._active_sp:
             theta = self._fetch(model, self._active_sp)
             terms = self._sp_terms(theta, self._references(self._active_sp), self._active_sp)
-            weighted = (terms * self.sp_coef.to(terms.dtype)).tolist()
+            weighted = (terms * self._coefficients(terms)).tolist()
             for name, value in zip(self._active_sp, weighted, strict=True):
                 out[self._layer[name]] += float(value)
         if self._new_names:
