@@ -92,7 +92,7 @@ def write_dicom_series(
             position = (lps @ np.array([k, 0.0, 0.0, 1.0]))[:3]
             ds = _slice_dataset(modality, uids, now)
             ds.PatientID = patient_id
-            ds.PatientName = patient_id
+            ds.PatientName = f"{patient_id}^"  # family name only; the caret marks a one-component name
             ds.SeriesDescription = series_description
             ds.InstanceNumber = k + 1
             ds.ImagePositionPatient = [format_number_as_ds(float(v)) for v in position]
