@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from covidseg.errors import InputError
 from covidseg.io.images import IMAGE_SUFFIXES
@@ -25,6 +27,7 @@ MAX_SPACING_DEVIATION = 0.10
 GAP_FACTOR = 1.5
 #: Tolerance on direction cosines when checking that all slices share one orientation.
 ORIENTATION_TOL = 1e-4
+_HEADER_ERRORS = (OSError, EOFError, ValueError, TypeError, AttributeError, KeyError)
 
 
 @dataclass
@@ -67,11 +70,7 @@ def is_dicom_file(path: Path) -> bool:
         >>> is_dicom_file(p)
         False
     """
-    try:
-        pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError, KeyError):
-        return False
-    return True
+    return _read_header(path) is not None
 
 
 def read_dicom_series(folder: Path, series_uid: str | None = None) -> DicomData:
@@ -131,8 +130,8 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> DicomData:
 
 def dicom_series_uid(path: Path) -> str:
     """SeriesInstanceUID of one DICOM file (used when a single slice file is passed)."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-    return str(ds.get("SeriesInstanceUID", ""))
+    ds = _read_header(path)
+    return str(ds.get("SeriesInstanceUID", "")) if ds is not None else ""
 
 
 def _scan(folder: Path) -> tuple[dict[str, list[_Slice]], int, int]:
@@ -140,9 +139,8 @@ def _scan(folder: Path) -> tuple[dict[str, list[_Slice]], int, int]:
     series: dict[str, list[_Slice]] = {}
     skipped = n_images = 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError, KeyError):
+        ds = _read_header(path)
+        if ds is None:
             n_images += path.suffix.lower() in IMAGE_SUFFIXES
             skipped += 1
             continue
@@ -152,6 +150,27 @@ def _scan(folder: Path) -> tuple[dict[str, list[_Slice]], int, int]:
             continue
         series.setdefault(parsed.series_uid, []).append(parsed)
     return series, skipped, n_images
+
+
+def _read_header(path: Path) -> pydicom.Dataset | None:
+    """The header of a DICOM file, or None if it is not one.
+
+    Files without the 128-byte preamble and "DICM" marker (older exports) are parsed with ``force=True`` and
+    accepted only if they carry a SOPClassUID, so arbitrary files are not mistaken for DICOM.
+    """
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        pass
+    except _HEADER_ERRORS:
+        return None
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        return ds if "SOPClassUID" in ds and ds.get("SOPClassUID") else None
+    except Exception:  # a forced parse of a non-DICOM file can fail in many ways
+        return None
 
 
 def _parse_slice(path: Path, ds: pydicom.Dataset) -> _Slice | None:
@@ -255,6 +274,21 @@ def _affine(slices: list[_Slice]) -> np.ndarray:
     return RAS_FROM_LPS @ lps
 
 
+def _read_pixels(path: Path) -> np.ndarray:
+    """Stored pixel values of one slice; files without file meta get the transfer syntax they were parsed as."""
+    ds = pydicom.dcmread(path, force=True)
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        if meta is None:
+            ds.file_meta = meta = FileMetaDataset()
+        if implicit:
+            meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        else:
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    return np.asarray(ds.pixel_array)
+
+
 def _stack_pixels(slices: list[_Slice], folder: Path) -> np.ndarray:
     """Read pixel data, apply RescaleSlope/Intercept, stack; int16 when the HU values are integral."""
     first = slices[0]
@@ -262,7 +296,7 @@ def _stack_pixels(slices: list[_Slice], folder: Path) -> np.ndarray:
     out = np.empty((len(slices), first.rows, first.cols), np.int16 if integral else np.float32)
     for k, s in enumerate(slices):
         try:
-            pixels = pydicom.dcmread(s.path).pixel_array
+            pixels = _read_pixels(s.path)
         except Exception as err:  # pydicom raises many types for unsupported or broken pixel data
             raise InputError(
                 f"{folder}: cannot decode the pixel data of {s.path.name} ({type(err).__name__}: {err}); "

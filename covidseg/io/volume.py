@@ -147,7 +147,8 @@ class CTVolume:
         """Reorient a canonical ``(Z, Y, X[, ...])`` array to the input file's own index order.
 
         Trailing dimensions (channels) are carried along. For synthetic volumes and 2-D images the
-        canonical order is the native one and the array is returned unchanged.
+        canonical order is the native one and the array is returned unchanged. The result may be a view of
+        ``array`` (transposed, with negative strides); copy it before writing into it.
 
         Examples:
             >>> import numpy as np
@@ -161,7 +162,8 @@ class CTVolume:
         if self.source is None or self.source.format == "image":
             return arr
         back = ornt_transform(axcodes2ornt(CANONICAL_AXCODES), self.source.native_ornt)
-        return np.ascontiguousarray(apply_orientation(arr, back))
+        # A view (no copy): writers take any memory order, and nibabel writes transposed views fastest.
+        return np.asarray(apply_orientation(arr, back))
 
 
 def canonical_affine(

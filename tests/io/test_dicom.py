@@ -227,3 +227,29 @@ def test_series_is_usable_by_highdicom(tmp_path):
         device_serial_number="0",
     )
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def test_files_without_preamble_or_file_meta_are_read(tmp_path):
+    vol = _volume(shape=(5, 40, 48), seed=2)
+    files = write_dicom_series(vol, tmp_path / "ct")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for f in files:  # old ACR-NEMA style: no 128-byte preamble, no "DICM", no file meta, implicit VR
+        ds = pydicom.dcmread(f)
+        del ds.file_meta
+        ds.preamble = None
+        ds.save_as(raw / f.stem, implicit_vr=True, little_endian=True)
+    assert (raw / files[0].stem).read_bytes()[128:132] != b"DICM"
+    loaded = load_ct(raw)
+    np.testing.assert_array_equal(loaded.hu, vol.hu)
+    np.testing.assert_allclose(loaded.affine, vol.affine, atol=1e-6)
+
+
+def test_non_dicom_files_beside_a_series_are_skipped_with_a_warning(tmp_path):
+    vol = _volume(shape=(5, 40, 48), seed=2)
+    write_dicom_series(vol, tmp_path / "ct")
+    (tmp_path / "ct" / "README.txt").write_text("exported by PACS")
+    (tmp_path / "ct" / "noise.bin").write_bytes(bytes(range(256)) * 8)
+    loaded = load_ct(tmp_path / "ct")
+    np.testing.assert_array_equal(loaded.hu, vol.hu)
+    assert any("2 file(s)" in w and "ignored" in w for w in loaded.source.warnings)
