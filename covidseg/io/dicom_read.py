@@ -19,6 +19,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from covidseg.errors import InputError
 from covidseg.io.images import IMAGE_SUFFIXES
+from covidseg.io.sanity import one_line
 from covidseg.io.volume import INT16_MAX, INT16_MIN, RAS_FROM_LPS, as_hu_array
 
 #: Relative deviation of a slice step from the median step that makes the spacing "uneven".
@@ -299,7 +300,7 @@ def _stack_pixels(slices: list[_Slice], folder: Path) -> np.ndarray:
             pixels = _read_pixels(s.path)
         except Exception as err:  # pydicom raises many types for unsupported or broken pixel data
             raise InputError(
-                f"{folder}: cannot decode the pixel data of {s.path.name} ({type(err).__name__}: {err}); "
+                f"{folder}: cannot decode the pixel data of {s.path.name} ({one_line(err)}); "
                 "install the pydicom pixel handler it names or convert the series to uncompressed DICOM or NIfTI"
             ) from err
         if pixels.shape != (first.rows, first.cols):

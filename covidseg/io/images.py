@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from covidseg.errors import InputError
+from covidseg.io.sanity import one_line
 
 #: Assumed display window (low, high) in HU of 8-bit lung-window slices: level -600, width 1500.
 LUNG_WINDOW: tuple[float, float] = (-1350.0, 150.0)
@@ -73,7 +74,7 @@ def read_image(path: Path, window: tuple[float, float] | None = None) -> tuple[n
                 values = np.asarray(img.convert("L"), dtype=np.float32)
                 max_value = 255.0
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise InputError(f"{path}: cannot read the image ({err}); pass a valid .png or .jpg slice") from err
+        raise InputError(f"{path}: cannot read the image ({one_line(err)}); pass a valid .png or .jpg slice") from err
     warnings = [
         f"slice image: display values mapped to approximate HU with window {win[0]:g}..{win[1]:g} "
         f"({'assumed lung window' if window is None else 'given'}); values outside the window are clipped",

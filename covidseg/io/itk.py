@@ -81,7 +81,8 @@ def read_itk(path: Path) -> ItkData:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        first = " ".join((lines[-1] if lines else type(err).__name__).split())
         raise InputError(
             f"{path}: SimpleITK cannot read the file, it is truncated, corrupt or not an image ({first}); "
             "re-export or re-download the scan"

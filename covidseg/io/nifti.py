@@ -11,6 +11,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from covidseg.errors import InputError
+from covidseg.io.sanity import one_line
 
 #: NIfTI xform code "scanner anatomical", used for outputs that have no NIfTI input to copy codes from.
 XFORM_SCANNER = 1
@@ -54,7 +55,7 @@ def read_nifti(path: Path) -> NiftiData:
         array = np.asanyarray(img.dataobj)
     except _READ_ERRORS as err:
         raise InputError(
-            f"{path}: cannot read the NIfTI file, it is truncated or corrupt ({type(err).__name__}: {err}); "
+            f"{path}: cannot read the NIfTI file, it is truncated or corrupt ({one_line(err)}); "
             "re-export or re-download the scan"
         ) from err
     if array.dtype.fields is not None:

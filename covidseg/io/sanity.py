@@ -138,5 +138,16 @@ def check_modality(modality: str | None, path: str | Path | None) -> None:
     )
 
 
+def one_line(err: BaseException, limit: int = 200) -> str:
+    r"""An exception as ``Type: message`` on one line (library messages may span lines), shortened.
+
+    Examples:
+        >>> one_line(OSError("Expected 2000 bytes\n - could the file be damaged?"))
+        'OSError: Expected 2000 bytes - could the file be damaged?'
+    """
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _name(path: str | Path | None) -> str:
     return str(path) if path is not None else "volume"

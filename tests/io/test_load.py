@@ -115,3 +115,13 @@ def test_non_integral_float_volume_stays_float32(tmp_path):
     vol = load_ct(_nifti(tmp_path, data))
     assert vol.hu.dtype == np.float32
     np.testing.assert_array_equal(vol.to_native(vol.hu), data)
+
+
+def test_truncated_uncompressed_nifti_message_is_one_line(tmp_path):
+    valid = _nifti(tmp_path, synthetic_ct((20, 24, 6), (2, 3, 4)), "full.nii")
+    raw = valid.read_bytes()
+    path = tmp_path / "cut.nii"
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt") as info:
+        load_ct(path)
+    assert "\n" not in str(info.value)
