@@ -253,3 +253,24 @@ def test_non_dicom_files_beside_a_series_are_skipped_with_a_warning(tmp_path):
     loaded = load_ct(tmp_path / "ct")
     np.testing.assert_array_equal(loaded.hu, vol.hu)
     assert any("2 file(s)" in w and "ignored" in w for w in loaded.source.warnings)
+
+
+def test_mirrored_in_plane_axes_keep_uids_in_canonical_z_order(tmp_path):
+    # x pointing to patient Right makes the slice normal point Inferior: files sort superior-first.
+    aff = canonical_affine((2.5, 0.7, 0.7))
+    aff[:3, 2] = (0.7, 0.0, 0.0)
+    vol = CTVolume.from_canonical(synthetic_ct(SHAPE, MARKER), aff)
+    files = write_dicom_series(vol, tmp_path / "ct")
+    loaded = load_ct(tmp_path / "ct")
+    np.testing.assert_array_equal(loaded.hu, vol.hu[:, :, ::-1])
+    assert axcodes_of(loaded.affine) == "SPL"
+    assert loaded.source is not None and loaded.source.dicom_slice_axis == 0
+    assert list(loaded.source.dicom_files) == files
+    assert list(loaded.source.sop_instance_uids) == [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
+
+
+def test_single_slice_series_takes_thickness_as_spacing(tmp_path):
+    vol = CTVolume.from_canonical(synthetic_ct((1, 40, 48), (0, 5, 6)), canonical_affine((3.0, 0.7, 0.7)))
+    write_dicom_series(vol, tmp_path / "ct")
+    loaded = load_ct(tmp_path / "ct")
+    np.testing.assert_allclose(loaded.affine, vol.affine, atol=1e-6)

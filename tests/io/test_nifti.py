@@ -164,3 +164,20 @@ def test_read_nifti_rejects_other_content(tmp_path):
     path.write_bytes(b"this is not a nifti header" * 20)
     with pytest.raises(InputError, match="cannot read the NIfTI file"):
         read_nifti(path)
+
+
+def test_distinct_sform_and_qform_are_both_written_back(tmp_path):
+    data = synthetic_ct((40, 48, 12), (3, 4, 5))
+    sform = affine(np.array([[0.7, 0.05, 0], [0, 0.7, 0], [0, 0, 5.0]]), (1.0, 2.0, 3.0))  # sheared
+    qform = affine(np.diag([0.7, 0.7, 5.0]), (1.0, 2.0, 3.0))
+    img = nib.Nifti1Image(data, sform)
+    img.set_sform(sform, code=4)  # MNI
+    img.set_qform(qform, code=1)
+    path = tmp_path / "two.nii.gz"
+    nib.save(img, path)
+    vol = load_ct(path)
+    assert_same_voxels(vol, data, sform)  # nibabel prefers the sform
+    hdr = nib.load(save_mask(labels_from_hu(vol.hu), vol, tmp_path / "m.nii.gz")).header
+    np.testing.assert_allclose(hdr.get_sform(), sform, atol=1e-6)
+    np.testing.assert_allclose(hdr.get_qform(), qform, atol=1e-6)
+    assert (int(hdr["sform_code"]), int(hdr["qform_code"])) == (4, 1)
