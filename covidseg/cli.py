@@ -95,13 +95,31 @@ AssumeHUOption = Annotated[
 AllowNonCTOption = Annotated[
     bool, typer.Option("--allow-non-ct", help="Proceed even when the DICOM Modality is not CT.")
 ]
+SeriesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--series",
+        help="For a DICOM folder with several series: the SeriesInstanceUID to read (default: most slices).",
+        show_default=False,
+    ),
+]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 
 
-def _load(scan: Path, image_window: tuple[float, float] | None, assume_hu: bool, allow_non_ct: bool) -> Any:
+def _load(
+    scan: Path,
+    image_window: tuple[float, float] | None,
+    assume_hu: bool,
+    allow_non_ct: bool,
+    series: str | None = None,
+) -> Any:
+    """Load a scan as the library does and print the loader's warnings (one line each) on stderr."""
     from covidseg.io import load_ct
 
-    return load_ct(scan, image_window=image_window, assume_hu=assume_hu, allow_non_ct=allow_non_ct)
+    volume = load_ct(scan, image_window=image_window, assume_hu=assume_hu, allow_non_ct=allow_non_ct, series_uid=series)
+    for warning in volume.source.warnings if volume.source is not None else []:
+        typer.echo(f"warning: {' '.join(str(warning).split())}", err=True)
+    return volume
 
 
 @command("info")
@@ -110,6 +128,7 @@ def info(
     image_window: ImageWindowOption = None,
     assume_hu: AssumeHUOption = False,
     allow_non_ct: AllowNonCTOption = False,
+    series: SeriesOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
 ) -> None:
     """Show what the loader sees: format, shape, spacing (mm), orientation, HU range, whether it looks like HU.
@@ -118,7 +137,7 @@ def info(
     """
     from covidseg.io import describe
 
-    volume = _load(scan, image_window, assume_hu, allow_non_ct)
+    volume = _load(scan, image_window, assume_hu, allow_non_ct, series)
     facts = describe(volume)
     if as_json:
         typer.echo(json.dumps(facts, indent=2, default=str))
@@ -194,6 +213,7 @@ def preprocess(
     image_window: ImageWindowOption = None,
     assume_hu: AssumeHUOption = False,
     allow_non_ct: AllowNonCTOption = False,
+    series: SeriesOption = None,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Run the network's preprocessing on a scan (HU window, slice resize) and save the slices.
@@ -204,7 +224,7 @@ def preprocess(
     from covidseg.data.preview import write_preprocessed
 
     config = PreprocessConfig(window=window, slice_size=size)
-    volume = _load(scan, image_window, assume_hu, allow_non_ct)
+    volume = _load(scan, image_window, assume_hu, allow_non_ct, series)
     summary = write_preprocessed(volume, config, output, preview=preview, overwrite=overwrite)
     typer.echo(summary)
 

@@ -159,3 +159,49 @@ def test_real_subprocess_has_no_traceback(tmp_path):
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("covidseg ")
+
+
+def _dicom_volume(n_slices: int, seed: int = 0):
+    from covidseg.io import CTVolume, canonical_affine
+
+    rng = np.random.default_rng(seed)
+    hu = rng.integers(-1024, 300, size=(n_slices, 24, 20)).astype(np.int16)
+    return CTVolume.from_canonical(hu, canonical_affine((2.0, 0.7, 0.7), (0.0, 0.0, 0.0)))
+
+
+def test_dicom_two_series_of_equal_size_asks_for_series(tmp_path):
+    from covidseg.io import write_dicom_series
+
+    folder = tmp_path / "study"
+    write_dicom_series(_dicom_volume(4, 0), folder / "a", series_uid="1.2.826.0.1.3680043.8.498.1")
+    write_dicom_series(_dicom_volume(4, 1), folder / "b", series_uid="1.2.826.0.1.3680043.8.498.2")
+    result = runner.invoke(app, ["info", str(folder), "--json"])
+    assert result.exit_code == 2
+    assert "--series" in result.output and len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(app, ["info", str(folder), "--json", "--series", "1.2.826.0.1.3680043.8.498.2"])
+    assert result.exit_code == 0, result.output
+
+
+def test_dicom_two_series_uses_larger_and_says_so(tmp_path):
+    from covidseg.io import write_dicom_series
+
+    folder = tmp_path / "study"
+    write_dicom_series(_dicom_volume(5, 0), folder / "a")
+    write_dicom_series(_dicom_volume(3, 1), folder / "b")
+    out = tmp_path / "x.npy"
+    result = runner.invoke(app, ["preprocess", str(folder), "-o", str(out), "--size", "32", "32"])
+    assert result.exit_code == 0, result.output
+    assert "warning: 2 series found" in result.output
+    assert np.load(out).shape == (5, 32, 32)
+
+
+def test_dicom_mr_series_is_refused_with_the_flag_to_proceed(tmp_path):
+    from covidseg.io import write_dicom_series
+
+    folder = tmp_path / "mr"
+    write_dicom_series(_dicom_volume(3), folder, modality="MR")
+    result = runner.invoke(app, ["info", str(folder)])
+    assert result.exit_code == 2 and "--allow-non-ct" in result.output
+    assert not list(tmp_path.glob("*.npy"))
+    result = runner.invoke(app, ["info", str(folder), "--allow-non-ct", "--json"])
+    assert result.exit_code == 0, result.output

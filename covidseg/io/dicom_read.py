@@ -102,6 +102,12 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> DicomData:
     warnings: list[str] = []
     if series_uid is None:
         series_uid, slices = ranked[0]
+        tied = [uid for uid, s in ranked[1:] if len(s) == len(slices)]
+        if tied:
+            raise InputError(
+                f"{folder}: {len(tied) + 1} series with {len(slices)} slices each ({', '.join([series_uid, *tied])}); "
+                "choose one with --series UID"
+            )
         if len(ranked) > 1:
             others = ", ".join(f"{uid} ({len(s)} slices)" for uid, s in ranked[1:])
             warnings.append(
@@ -111,7 +117,9 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> DicomData:
     elif series_uid in series:
         slices = series[series_uid]
     else:
-        raise InputError(f"{folder}: no image slices of series {series_uid}; pass the folder of the series")
+        raise InputError(
+            f"{folder}: no image slices of series {series_uid}; found {', '.join(series)}; choose one with --series UID"
+        )
     if skipped:
         warnings.append(f"{skipped} file(s) in {folder} are not DICOM image slices and were ignored")
     slices = _sorted_checked(slices, folder, series_uid)

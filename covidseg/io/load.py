@@ -28,6 +28,7 @@ def load_ct(
     image_window: tuple[float, float] | None = None,
     assume_hu: bool = False,
     allow_non_ct: bool = False,
+    series_uid: str | None = None,
 ) -> CTVolume:
     """Read a CT scan in Hounsfield units, in canonical ``(Z, Y, X)`` orientation, with its source geometry.
 
@@ -38,6 +39,8 @@ def load_ct(
             ``LUNG_WINDOW`` when None. Ignored (with a warning) for other formats.
         assume_hu: Skip the check that the intensities look like HU.
         allow_non_ct: Accept a recorded modality other than CT (e.g. a DICOM MR series).
+        series_uid: For a DICOM folder holding several series, the SeriesInstanceUID to read; by default the
+            series with the most slices (several series of equal size are an error that asks for this).
 
     Returns:
         The volume; ``volume.source.warnings`` lists what the user should know (e.g. ignored series).
@@ -61,7 +64,7 @@ def load_ct(
         raise InputError(f"{p}: no such file or folder; check the path")
     suffix = full_suffix(p)
     if p.is_dir():
-        volume = _from_dicom(read_dicom_series(p), p)
+        volume = _from_dicom(read_dicom_series(p, series_uid), p)
     elif suffix in NIFTI_SUFFIXES:
         nii = read_nifti(p)
         source = SourceInfo(format="nifti", path=p, native_affine=nii.affine, native_shape=(), nifti_header=nii.header)
