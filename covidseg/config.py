@@ -493,7 +493,10 @@ def _section_for(loc: Sequence[Any]) -> type[BaseModel] | None:
 
 
 def load_config(
-    paths: Sequence[str | os.PathLike[str]] = (), overrides: Iterable[str] = (), *, base: Mapping[str, Any] | None = None
+    paths: Sequence[str | os.PathLike[str]] = (),
+    overrides: Iterable[str] = (),
+    *,
+    base: Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """Build a :class:`RunConfig` from YAML files (merged in order) and ``key=value`` overrides.
 

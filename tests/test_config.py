@@ -65,7 +65,9 @@ def test_penalty_params_checked_against_registry():
 
 def test_sp_penalty_without_source_is_refused():
     with pytest.raises(ConfigError, match=r"set source\.path"):
-        load_config(overrides=["regularization.name=l2sp", "regularization.sp_lambda=3", "regularization.decoder_lambda=0"])
+        load_config(
+            overrides=["regularization.name=l2sp", "regularization.sp_lambda=3", "regularization.decoder_lambda=0"]
+        )
 
 
 def test_strategy_params_checked():
@@ -112,5 +114,5 @@ def test_yaml_is_parsed_safely(tmp_path):
 def test_missing_file_and_bad_override_syntax(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config([tmp_path / "nope.yaml"])
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         apply_overrides({}, ["epochs"])
