@@ -12,11 +12,12 @@ keeps the features from over-fitting the small target set. As implemented here:
   (or passed as ``features=``), global-average-pooled to ``(N, C)``.
 * **Head**: ``nn.Linear(C, target_dim)``, initialised from ``seed``; owned and saved by the strategy (not part
   of the model), trained by the optimizer through :meth:`PseudoTaskRegularization.param_groups`.
-* **Targets**: standard normal vectors of length ``target_dim``, a pure function of ``(seed, key)`` (a fresh
-  generator seeded with ``seed * 2**32 + key``), so they are fixed for the whole run and need no saved RNG
-  state. ``target_mode="sample"`` keys them by the dataset index of each sample (``sample_ids``: every image
-  always regresses to its own target, the paper's pseudo task); ``"batch_position"`` keys them by the position in
-  the batch (no indices needed; targets fixed per batch slot).
+* **Targets**: standard normal vectors of length ``target_dim``, a pure function of ``(seed, key)`` (NumPy's
+  ``default_rng([seed, key])``: a ``SeedSequence`` over both numbers, so distinct pairs give independent streams;
+  a torch CPU generator keeps only 32 seed bits), fixed for the whole run and needing no saved RNG state.
+  ``target_mode="sample"`` keys them by the dataset index of each sample (``sample_ids``: every image always
+  regresses to its own target, the paper's pseudo task); ``"batch_position"`` keys them by the position in the
+  batch (no indices needed; targets fixed per batch slot).
 * **Loss**: ``w · ℓ(head(pool(f)), t)`` with ``ℓ`` mean squared error (``regression="l2"``) or smooth L1, and
   ``w = γ · ||∇_θenc L_task|| / ||∇_θenc ℓ||`` over the trainable encoder parameters (detached, so the
   pseudo gradient on the encoder has norm ``γ`` times the task gradient's). ``w`` is recomputed every
@@ -31,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,27 +50,24 @@ __all__ = ["PseudoTaskRegularization", "random_targets"]
 
 TARGET_MODES: tuple[str, ...] = ("sample", "batch_position")
 REGRESSIONS: tuple[str, ...] = ("l2", "smooth_l1")
-#: Sample keys and seeds must fit the ``seed * 2**32 + key`` generator seed.
-KEY_LIMIT = 2**32
-SEED_LIMIT = 2**31
 HEAD_GROUP = "ptr_head"
 #: Gradient norms at or below this count as zero (no weight can be formed; the weight is then 0).
 MIN_GRAD_NORM = 1e-12
 
 
 def random_targets(keys: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
-    """Fixed random targets: row ``k`` is ``randn(dim)`` from a generator seeded with ``seed * 2**32 + k``.
+    """Fixed random targets: row ``k`` is ``dim`` standard normal values from ``default_rng([seed, k])``.
 
     Args:
-        keys: 1-D integer tensor of sample keys in ``[0, 2**32)``.
+        keys: 1-D integer tensor of non-negative sample keys.
         dim: Target length.
-        seed: Run seed in ``[0, 2**31)``.
+        seed: Non-negative run seed.
 
     Returns:
         ``(len(keys), dim)`` float32 tensor on the CPU.
 
     Raises:
-        ValueError: A key is out of range.
+        ValueError: A key is negative.
 
     Examples:
         >>> import torch
@@ -79,10 +78,10 @@ def random_targets(keys: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
     """
     rows = []
     for key in keys.flatten().tolist():
-        if not 0 <= int(key) < KEY_LIMIT:
-            raise ValueError(f"PtR sample key {key} is outside [0, 2**32); pass dataset indices as sample_ids")
-        generator = torch.Generator().manual_seed(seed * KEY_LIMIT + int(key))
-        rows.append(torch.randn(dim, generator=generator))
+        if int(key) < 0:
+            raise ValueError(f"PtR sample key {key} is negative; pass dataset indices as sample_ids")
+        values = np.random.default_rng([seed, int(key)]).standard_normal(dim)
+        rows.append(torch.from_numpy(values.astype(np.float32)))
     return torch.stack(rows) if rows else torch.empty(0, dim)
 
 
@@ -109,7 +108,7 @@ class PseudoTaskRegularization(FineTuningStrategy):
         patience: Steps over which the moving average must change by less than ``threshold`` (>= 0).
         threshold: Relative change of the moving average that counts as stable (> 0).
         weight_every: Recompute the gradient-norm weight every this many active steps (>= 1).
-        seed: Seed of the head initialisation and the targets, in [0, 2**31).
+        seed: Seed of the head initialisation and the targets (>= 0).
         in_features: Channels of the features; default from ``feature_module`` (BatchNorm, conv or linear).
         feature_module: Name of the module whose output is the bottleneck; default: owner of the last encoder
             parameter.
@@ -165,8 +164,6 @@ class PseudoTaskRegularization(FineTuningStrategy):
         self.threshold = require_float(self.name, "threshold", threshold, 0.0)
         self.weight_every = require_int(self.name, "weight_every", weight_every, 1)
         self.seed = require_int(self.name, "seed", seed, 0)
-        if self.seed >= SEED_LIMIT:
-            raise ConfigError(f"strategy {self.name!r}: seed must be below 2**31, got {seed!r}")
         self.in_features = None if in_features is None else require_int(self.name, "in_features", in_features, 1)
         self.feature_module = feature_module
         # Run state (saved).
