@@ -1,0 +1,400 @@
+"""Preprocess every case once into memory-mapped slice arrays, reused across epochs and runs.
+
+An entry of the cache is a folder ``<root>/<case id>-<key>/`` holding
+
+* ``images.npy``: float16 ``(N, H, W)`` in [0, 1], the case's axial slices windowed and resized by
+  :func:`covidseg.data.preprocess.iter_slice_batches` (the one preprocessing definition);
+* ``labels.npy``: uint8 ``(N, H, W)`` class indices resized with nearest neighbour ("nearest-exact", the pixel
+  centres of the bilinear image resize), absent for unlabelled cases;
+* ``class_counts.npy``: int64 ``(N, C)`` pixels of each class per slice (class weights and slice filters without
+  reading the labels again), ``lung_fraction.npy``: float32 ``(N,)`` fraction of each native slice with
+  lung-parenchyma HU;
+* ``index.json``: case id, slice count, spacing, class names, the HU mapping applied, the key and what it hashes.
+
+The key hashes the preprocessing settings, the case's layout options, each file's path, size and modification
+time, and :data:`CACHE_FORMAT_VERSION`: changed settings or files get a new entry, unchanged ones are reused.
+Entries are built under a temporary name and renamed when complete, so a killed caching run leaves no half entry.
+Volumes are streamed in slice batches; the whole float volume never exists in memory.
+
+Examples:
+    >>> import tempfile
+    >>> from covidseg.data.layouts import discover_cases
+    >>> from covidseg.data.preprocess import PreprocessConfig
+    >>> case = discover_cases("phantom", None, n_cases=1, shape=(4, 64, 64))[0]
+    >>> cache = SliceCache(tempfile.mkdtemp())
+    >>> cached = cache.get_or_build(case, PreprocessConfig(slice_size=(32, 32)))  # doctest: +SKIP
+    >>> cached.images.shape, cached.images.dtype.name  # doctest: +SKIP
+    ((4, 32, 32), 'float16')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from covidseg.data.cases import CLASSES_LUNG_OPACITY, CaseRecord, load_case
+from covidseg.data.preprocess import PreprocessConfig, iter_slice_batches
+from covidseg.errors import ConfigError, InputError, OutputExistsError
+from covidseg.io.atomic import atomic_dir
+
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "LUNG_HU_RANGE",
+    "MIN_LUNG_FRACTION",
+    "SLICE_FILTERS",
+    "CachedCase",
+    "SliceCache",
+    "cache_key",
+]
+
+CACHE_FORMAT_VERSION = 1
+"""Bump when the entry layout or its computation changes: every entry is rebuilt."""
+CACHE_FORMAT = "covidseg-slice-cache"
+LUNG_HU_RANGE: tuple[float, float] = (-950.0, -500.0)
+"""HU of aerated lung parenchyma (above the air outside the body, below ground glass and soft tissue)."""
+MIN_LUNG_FRACTION = 0.01
+"""A slice without a lung label "contains lung" when at least this fraction of it has lung-parenchyma HU."""
+SLICE_FILTERS = ("all", "labelled", "nonempty_lung")
+"""Which slices of a case a dataset uses: all, those with a non-background label, those containing lung."""
+LABEL_RESIZE_MODE = "nearest-exact"
+DEFAULT_BATCH = 32
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _fingerprint(path: Path) -> list[Any]:
+    """Path, size and modification time of a file, or of every file in a folder (DICOM series)."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the dataset folder (run validate_cases before caching)")
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    out: list[Any] = []
+    for file in files:
+        stat = file.stat()
+        out.append([str(file.resolve()), stat.st_size, stat.st_mtime_ns])
+    return out
+
+
+def cache_key(case: CaseRecord, config: PreprocessConfig) -> str:
+    """Hex SHA-256 of everything that determines a case's cache entry.
+
+    Examples:
+        >>> from covidseg.data.layouts import discover_cases
+        >>> case = discover_cases("phantom", None, n_cases=1)[0]
+        >>> cache_key(case, PreprocessConfig()) == cache_key(case, PreprocessConfig(slice_size=(256, 256)))
+        False
+    """
+    record = asdict(case)
+    record.pop("image")
+    record["labels"] = [[list(pair) for pair in source.value_map] for source in case.labels]
+    payload = {
+        "format": CACHE_FORMAT,
+        "version": CACHE_FORMAT_VERSION,
+        "preprocess": config.to_dict(),
+        "label_resize": LABEL_RESIZE_MODE,
+        "lung_hu_range": list(LUNG_HU_RANGE),
+        "case": record,
+        "files": [_fingerprint(p) for p in case.files],
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class CachedCase:
+    """A cached case: memory-mapped slices and labels plus what the index records.
+
+    Attributes:
+        case_id: The case's id.
+        path: The entry folder (None for in-memory cases made by :meth:`from_arrays`).
+        images: float16 ``(N, H, W)`` memmap in [0, 1] (read-only).
+        labels: uint8 ``(N, H, W)`` memmap of class indices, or None for unlabelled cases.
+        class_counts: int64 ``(N, C)`` pixels per class and slice (zeros when unlabelled).
+        lung_fraction: float32 ``(N,)`` fraction of each native slice with lung-parenchyma HU.
+        spacing: Native voxel size (z, y, x) in mm.
+        native_shape: Native ``(Z, Y, X)`` shape.
+        class_names: Names of the label classes.
+        hu_mapping: How stored values were mapped to HU (None when already HU).
+        group: Patient group of the case (None: its own).
+        index: The full index record.
+    """
+
+    case_id: str
+    path: Path | None
+    images: np.ndarray
+    labels: np.ndarray | None
+    class_counts: np.ndarray
+    lung_fraction: np.ndarray
+    spacing: tuple[float, float, float]
+    native_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    hu_mapping: str | None
+    group: str | None
+    index: dict[str, Any]
+
+    @classmethod
+    def from_arrays(
+        cls,
+        case_id: str,
+        images: np.ndarray,
+        labels: np.ndarray | None = None,
+        *,
+        class_names: tuple[str, ...] = CLASSES_LUNG_OPACITY,
+        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        lung_fraction: np.ndarray | None = None,
+        group: str | None = None,
+    ) -> CachedCase:
+        """An in-memory case from preprocessed ``(N, H, W)`` images in [0, 1] and uint8 labels (tests, tools).
+
+        ``lung_fraction`` defaults to zeros (no intensity-based lung estimate without the HU volume).
+
+        Examples:
+            >>> case = CachedCase.from_arrays("c", np.zeros((2, 32, 32), np.float16), np.ones((2, 32, 32), np.uint8))
+            >>> case.class_counts.tolist()
+            [[0, 1024, 0], [0, 1024, 0]]
+        """
+        imgs = np.asarray(images)
+        if imgs.ndim != 3:
+            raise ValueError(f"images must be (N, H, W), got shape {imgs.shape}")
+        n = int(imgs.shape[0])
+        counts = np.zeros((n, len(class_names)), np.int64)
+        labs = None
+        if labels is not None:
+            labs = np.asarray(labels, np.uint8)
+            if labs.shape != imgs.shape:
+                raise ValueError(f"labels shape {labs.shape} differs from images shape {imgs.shape}")
+            counts = np.stack([np.bincount(s.ravel(), minlength=len(class_names)) for s in labs]).astype(np.int64)
+        fraction = np.zeros(n, np.float32) if lung_fraction is None else np.asarray(lung_fraction, np.float32)
+        z, y, x = (int(v) for v in imgs.shape)
+        return cls(
+            case_id=case_id,
+            path=None,
+            images=imgs,
+            labels=labs,
+            class_counts=counts,
+            lung_fraction=fraction,
+            spacing=spacing,
+            native_shape=(z, y, x),
+            class_names=tuple(class_names),
+            hu_mapping=None,
+            group=group,
+            index={"case_id": case_id, "labelled": labs is not None},
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the memory maps (a DataLoader worker reopens them by path instead of copying)."""
+        state = dict(self.__dict__)
+        if self.path is not None:
+            state["images"] = state["labels"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.path is not None:
+            self.images = np.load(self.path / "images.npy", mmap_mode="r")
+            if self.index.get("labelled"):
+                self.labels = np.load(self.path / "labels.npy", mmap_mode="r")
+
+    @property
+    def n_slices(self) -> int:
+        """Number of axial slices."""
+        return int(self.images.shape[0])
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the case has labels."""
+        return self.labels is not None
+
+    @property
+    def cached_spacing(self) -> tuple[float, float, float]:
+        """Voxel size (z, y, x) in mm of the cached (resized) slices."""
+        _, height, width = self.images.shape
+        _, y, x = self.native_shape
+        return (self.spacing[0], self.spacing[1] * y / height, self.spacing[2] * x / width)
+
+    def slice_indices(self, slice_filter: str = "all") -> np.ndarray:
+        """Indices of the slices that ``slice_filter`` keeps (see :data:`SLICE_FILTERS`).
+
+        "labelled" keeps slices with any non-background label (none for unlabelled cases); "nonempty_lung"
+        keeps slices with a lung label when the classes include "lung", else slices whose lung-parenchyma
+        fraction is at least :data:`MIN_LUNG_FRACTION`.
+        """
+        if slice_filter not in SLICE_FILTERS:
+            raise ConfigError(f"unknown slice_filter {slice_filter!r}; expected one of {list(SLICE_FILTERS)}")
+        foreground = self.class_counts[:, 1:].sum(axis=1) > 0
+        if slice_filter == "all":
+            keep = np.ones(self.n_slices, bool)
+        elif slice_filter == "labelled":
+            keep = foreground
+        elif self.labelled and "lung" in self.class_names:
+            keep = foreground  # lung and opacity (which lies in the lung) are the non-background classes
+        else:
+            keep = self.lung_fraction >= MIN_LUNG_FRACTION
+        return np.flatnonzero(keep)
+
+
+def _safe_name(case_id: str) -> str:
+    return _UNSAFE.sub("_", case_id)[:80] or "case"
+
+
+def _write_entry(folder: Path, case: CaseRecord, config: PreprocessConfig, key: str, batch_size: int) -> None:
+    loaded = load_case(case)
+    hu = loaded.hu
+    n = int(hu.shape[0])
+    n_classes = len(case.class_names)
+    height, width = config.slice_size
+    images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.float16, shape=(n, height, width))
+    labels = None
+    if loaded.labels is not None:
+        if int(loaded.labels.max(initial=0)) >= n_classes:
+            raise InputError(
+                f"case {case.case_id}: label value {int(loaded.labels.max())} but only {n_classes} classes "
+                f"{list(case.class_names)}; fix the labels or the class names"
+            )
+        labels = np.lib.format.open_memmap(folder / "labels.npy", mode="w+", dtype=np.uint8, shape=(n, height, width))
+    counts = np.zeros((n, n_classes), np.int64)
+    lung = np.zeros(n, np.float32)
+    low, high = LUNG_HU_RANGE
+    for rows, batch in iter_slice_batches(hu, config, batch_size):
+        images[rows] = batch[:, 0].numpy().astype(np.float16)
+        native = hu[rows]
+        lung[rows] = ((native > low) & (native <= high)).mean(axis=(1, 2))
+        if labels is not None and loaded.labels is not None:
+            lab = torch.from_numpy(np.ascontiguousarray(loaded.labels[rows])).unsqueeze(1)
+            if tuple(lab.shape[-2:]) != (height, width):
+                lab = F.interpolate(lab, size=(height, width), mode=LABEL_RESIZE_MODE)
+            resized = lab[:, 0].numpy()
+            labels[rows] = resized
+            counts[rows] = [np.bincount(s.ravel(), minlength=n_classes) for s in resized]
+    images.flush()
+    del images
+    if labels is not None:
+        labels.flush()
+        del labels
+    np.save(folder / "class_counts.npy", counts)
+    np.save(folder / "lung_fraction.npy", lung)
+    index = {
+        "format": CACHE_FORMAT,
+        "version": CACHE_FORMAT_VERSION,
+        "key": key,
+        "case_id": case.case_id,
+        "layout": case.layout,
+        "group": case.group,
+        "n_slices": n,
+        "slice_shape": [height, width],
+        "native_shape": [int(s) for s in hu.shape],
+        "spacing": list(loaded.spacing),
+        "class_names": list(case.class_names),
+        "labelled": loaded.labels is not None,
+        "hu_mapping": loaded.hu_mapping,
+        "preprocess": config.to_dict(),
+        "files": [str(p) for p in case.files],
+    }
+    (folder / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+
+
+def open_entry(folder: Path) -> CachedCase:
+    """Open a complete cache entry read-only (arrays memory-mapped).
+
+    Raises:
+        InputError: The folder is not a complete entry of this cache format version.
+    """
+    try:
+        index = json.loads((folder / "index.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{folder}: not a complete slice-cache entry ({err}); delete it to rebuild") from err
+    if index.get("format") != CACHE_FORMAT or index.get("version") != CACHE_FORMAT_VERSION:
+        raise InputError(f"{folder}: slice-cache entry of another format version; delete it to rebuild")
+    images = np.load(folder / "images.npy", mmap_mode="r")
+    labels = np.load(folder / "labels.npy", mmap_mode="r") if index["labelled"] else None
+    z, y, x = (int(v) for v in index["native_shape"])
+    sz, sy, sx = (float(v) for v in index["spacing"])
+    return CachedCase(
+        case_id=str(index["case_id"]),
+        path=folder,
+        images=images,
+        labels=labels,
+        class_counts=np.load(folder / "class_counts.npy"),
+        lung_fraction=np.load(folder / "lung_fraction.npy"),
+        spacing=(sz, sy, sx),
+        native_shape=(z, y, x),
+        class_names=tuple(index["class_names"]),
+        hu_mapping=index["hu_mapping"],
+        group=index["group"],
+        index=index,
+    )
+
+
+class SliceCache:
+    """A folder of preprocessed cases, keyed by preprocessing settings and file fingerprints.
+
+    Args:
+        root: Cache folder (created when needed). Several runs and processes may share it.
+
+    Examples:
+        >>> import tempfile
+        >>> SliceCache(tempfile.mkdtemp()).root.is_dir()
+        True
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def entry_path(self, case: CaseRecord, config: PreprocessConfig) -> Path:
+        """Folder of the entry for ``case`` under ``config`` (whether it exists or not)."""
+        key = cache_key(case, config)
+        return self.root / f"{_safe_name(case.case_id)}-{key[:20]}"
+
+    def get_or_build(
+        self, case: CaseRecord, config: PreprocessConfig, *, batch_size: int = DEFAULT_BATCH
+    ) -> CachedCase:
+        """Open the case's entry, building it first when it does not exist (or is from another version).
+
+        Args:
+            case: The case.
+            config: Preprocessing settings.
+            batch_size: Slices converted to float at once while building.
+
+        Raises:
+            InputError, NotHUError: The case cannot be read (see :func:`covidseg.data.cases.load_case`).
+        """
+        key = cache_key(case, config)
+        folder = self.root / f"{_safe_name(case.case_id)}-{key[:20]}"
+        if folder.is_dir():
+            try:
+                cached = open_entry(folder)
+                if cached.index.get("key") == key:
+                    return cached
+            except (InputError, OSError, ValueError, KeyError):
+                pass  # rebuilt below, replacing the stale folder
+        try:
+            with atomic_dir(folder, overwrite=folder.exists()) as tmp:
+                _write_entry(tmp, case, config, key, batch_size)
+        except OutputExistsError:
+            pass  # another process finished the same entry first; it is identical
+        return open_entry(folder)
+
+    def build_all(
+        self,
+        cases: Sequence[CaseRecord],
+        config: PreprocessConfig,
+        *,
+        batch_size: int = DEFAULT_BATCH,
+        progress: Callable[[int, int, CaseRecord], None] | None = None,
+    ) -> list[CachedCase]:
+        """:meth:`get_or_build` every case, in order; ``progress(done, total, case)`` after each."""
+        out = []
+        for i, case in enumerate(cases):
+            out.append(self.get_or_build(case, config, batch_size=batch_size))
+            if progress is not None:
+                progress(i + 1, len(cases), case)
+        return out
