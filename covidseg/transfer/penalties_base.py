@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -116,6 +116,43 @@ def _zero(reference: Tensor | None) -> Tensor:
     if reference is None:
         return torch.zeros(())
     return reference.new_zeros(())
+
+
+def _combine(sp_terms: Tensor | None, new_total: Tensor | None) -> Tensor:
+    total = sp_terms.sum() if sp_terms is not None else None
+    if new_total is not None:
+        total = new_total if total is None else total + new_total
+    if total is None:  # pragma: no cover - forward() returns early when there are no tensors
+        raise RuntimeError("penalty without any term")
+    return total
+
+
+class _PenaltyFunction(torch.autograd.Function):
+    """Autograd bridge: the penalty computes value and closed-form gradient in one fused pass.
+
+    Letting autograd differentiate ``torch._foreach_norm`` costs several full-size temporaries per tensor (its
+    backward divides, multiplies and masks each tensor); the closed forms (``2 λ (θ − θ̄)``, ``λ sign(θ − θ̄)``,
+    ...) reuse the difference tensors of the forward pass in place.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, penalty: TransferPenalty, n_sp: int, *params: Tensor) -> Tensor:
+        sp_terms, new_total, grads = penalty._evaluate(list(params[:n_sp]), list(params[n_sp:]), want_grad=True)
+        ctx.grads = grads
+        return _combine(sp_terms, new_total)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        grads = ctx.grads
+        if grads is None:
+            raise RuntimeError("the penalty's backward ran twice; evaluate the penalty again for each backward")
+        ctx.grads = None
+        # the usual case, ``(loss + penalty).backward()``, passes exactly 1: skip a full pass over the gradients
+        # (checked on the CPU only, where reading the value costs no device synchronization)
+        if grad_output.device.type != "cpu" or float(grad_output) != 1.0:
+            torch._foreach_mul_(grads, grad_output)
+        needs = ctx.needs_input_grad[2:]
+        return (None, None, *[g if need else None for g, need in zip(grads, needs, strict=True)])
 
 
 class TransferPenalty(nn.Module):
@@ -243,8 +280,21 @@ class TransferPenalty(nn.Module):
 
     # ----------------------------------------------------------------------------------------------------------
     # subclass hook
-    def _sp_terms(self, theta: list[Tensor], ref: list[Tensor], names: list[str]) -> Tensor:
-        """Return a 1-D tensor with one unweighted term per SP tensor (same order as ``names``)."""
+    def _sp_terms_and_grads(
+        self, theta: list[Tensor], ref: list[Tensor], names: list[str], lambdas: list[float], want_grad: bool
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Return the weighted term of every SP tensor and, if ``want_grad``, its gradient.
+
+        Args:
+            theta: Current SP tensors (detached from autograd by the caller).
+            ref: Their source values θ̄.
+            names: Their parameter names (to look up per-tensor buffers such as the Fisher).
+            lambdas: λ of each tensor's layer (finite, > 0).
+            want_grad: Also return ``∂(λ_t φ_t)/∂θ_t`` for every tensor (freshly allocated, may be modified).
+
+        Returns:
+            A 1-D tensor of ``λ_t φ(θ_t − θ̄_t)`` and a list of gradients (empty if not ``want_grad``).
+        """
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------------------------------------
@@ -270,27 +320,43 @@ class TransferPenalty(nn.Module):
             self._coef_cache[key] = coef
         return coef
 
-    def _new_terms(self, theta: list[Tensor]) -> Tensor:
-        return torch.stack(torch._foreach_norm(theta, 2)).square()
+    def _evaluate(
+        self, sp: list[Tensor], new: list[Tensor], want_grad: bool
+    ) -> tuple[Tensor | None, Tensor | None, list[Tensor]]:
+        """Return (SP terms per tensor, new-layer total, gradients for ``sp + new``) without autograd."""
+        sp_terms: Tensor | None = None
+        new_total: Tensor | None = None
+        grads: list[Tensor] = []
+        if sp:
+            sp_terms, grads = self._sp_terms_and_grads(
+                sp, self._references(self._active_sp), self._active_sp, self._coef_values, want_grad
+            )
+        if new:
+            new_total = self.decoder_lambda * torch.stack(torch._foreach_norm(new, 2)).square().sum()
+            if want_grad:
+                grads = grads + list(torch._foreach_mul(new, 2.0 * self.decoder_lambda))
+        return sp_terms, new_total, grads
 
     def forward(self, model: nn.Module) -> Tensor:
         """Return the penalty value for the current parameters of ``model`` (a scalar with autograd).
 
+        The gradient is computed in closed form together with the value (fused ``torch._foreach_*`` ops) and
+        handed to autograd by a custom function; higher-order gradients are not supported.
+
         Args:
             model: The model the penalty was built for (possibly moved to another device or dtype since).
         """
-        total: Tensor | None = None
-        if self._active_sp:
-            theta = self._fetch(model, self._active_sp)
-            terms = self._sp_terms(theta, self._references(self._active_sp), self._active_sp)
-            total = (terms * self._coefficients(terms)).sum()
-        if self._active_new:
-            new_total = self.decoder_lambda * self._new_terms(self._fetch(model, self._active_new)).sum()
-            total = new_total if total is None else total + new_total
-        if total is None:
-            params = list(model.parameters())
-            return _zero(params[0] if params else None)
-        return total
+        sp = self._fetch(model, self._active_sp)
+        new = self._fetch(model, self._active_new)
+        params = sp + new
+        if not params:
+            first = next(iter(model.parameters()), None)
+            return _zero(first)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return cast(Tensor, _PenaltyFunction.apply(self, len(sp), *params))
+        with torch.no_grad():
+            sp_terms, new_total, _ = self._evaluate(sp, new, want_grad=False)
+        return _combine(sp_terms, new_total)
 
     @torch.no_grad()
     def layer_terms(self, model: nn.Module) -> dict[int, float]:
@@ -303,18 +369,14 @@ class TransferPenalty(nn.Module):
             layer = self._layer[name]
             if not math.isinf(self._lambda_of_layer[layer]):
                 out.setdefault(layer, 0.0)
-        if self._active_sp:
-            theta = self._fetch(model, self._active_sp)
-            terms = self._sp_terms(theta, self._references(self._active_sp), self._active_sp)
-            weighted = (terms * self._coefficients(terms)).tolist()
-            for name, value in zip(self._active_sp, weighted, strict=True):
+        sp_terms, new_total, _ = self._evaluate(
+            self._fetch(model, self._active_sp), self._fetch(model, self._active_new), want_grad=False
+        )
+        if sp_terms is not None:
+            for name, value in zip(self._active_sp, sp_terms.tolist(), strict=True):
                 out[self._layer[name]] += float(value)
         if self._new_names:
-            value = 0.0
-            if self._active_new:
-                terms = self._new_terms(self._fetch(model, self._active_new))
-                value = float(self.decoder_lambda * terms.sum())
-            out[NEW_LAYER_KEY] = value
+            out[NEW_LAYER_KEY] = float(new_total) if new_total is not None else 0.0
         return dict(sorted(out.items()))
 
     # ----------------------------------------------------------------------------------------------------------

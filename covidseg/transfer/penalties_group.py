@@ -65,15 +65,23 @@ class GroupLassoSPPenalty(L2SPLayerwisePenalty):
     name = "group_lasso_sp"
 
     def _group_weights(self, name: str, groups: Tensor) -> Tensor | float:
+        """Return s_g for the groups of tensor ``name`` (a number or one value per group)."""
         return math.sqrt(groups.shape[1])
 
-    def _sp_terms(self, theta: list[Tensor], ref: list[Tensor], names: list[str]) -> Tensor:
+    def _sp_terms_and_grads(
+        self, theta: list[Tensor], ref: list[Tensor], names: list[str], lambdas: list[float], want_grad: bool
+    ) -> tuple[Tensor, list[Tensor]]:
+        diffs = torch._foreach_sub(theta, ref)
         terms = []
-        for name, diff in zip(names, torch._foreach_sub(theta, ref), strict=True):
-            groups = as_groups(diff)
+        for name, diff, lam in zip(names, diffs, lambdas, strict=True):
+            groups = as_groups(diff)  # a view: scaling it in place scales ``diff``
             norms = torch.linalg.vector_norm(groups, dim=1)
-            terms.append((norms * self._group_weights(name, groups)).sum())
-        return torch.stack(terms)
+            weights = lam * self._group_weights(name, groups)
+            terms.append((norms * weights).sum())
+            if want_grad:  # λ s_g (θ_g − θ̄_g) / ||θ_g − θ̄_g||, 0 for a group at θ̄
+                scale = torch.where(norms > 0, weights / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
+                groups.mul_(scale.unsqueeze(1))
+        return torch.stack(terms), list(diffs) if want_grad else []
 
 
 class GroupLassoSPFisherPenalty(GroupLassoSPPenalty):

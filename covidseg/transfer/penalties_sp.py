@@ -36,8 +36,9 @@ __all__ = [
 ScheduleSpec = Schedule | float | Sequence[float] | Mapping[str, Any]
 
 
-def _squared_distance(theta: list[Tensor], ref: list[Tensor]) -> Tensor:
-    return torch.stack(torch._foreach_norm(torch._foreach_sub(theta, ref), 2)).square()
+def weighted_terms(values: Tensor, lambdas: list[float]) -> Tensor:
+    """Return ``values * λ`` with the λ list (double precision in Python) as a tensor like ``values``."""
+    return values * torch.tensor(lambdas, dtype=values.dtype, device=values.device)
 
 
 class L2Penalty(TransferPenalty):
@@ -119,8 +120,15 @@ class L2SPLayerwisePenalty(TransferPenalty):
             batchnorm=batchnorm,
         )
 
-    def _sp_terms(self, theta: list[Tensor], ref: list[Tensor], names: list[str]) -> Tensor:
-        return _squared_distance(theta, ref)
+    def _sp_terms_and_grads(
+        self, theta: list[Tensor], ref: list[Tensor], names: list[str], lambdas: list[float], want_grad: bool
+    ) -> tuple[Tensor, list[Tensor]]:
+        diff = torch._foreach_sub(theta, ref)
+        terms = weighted_terms(torch.stack(torch._foreach_norm(diff, 2)).square(), lambdas)
+        if not want_grad:
+            return terms, []
+        torch._foreach_mul_(diff, [2.0 * lam for lam in lambdas])  # d/dθ λ||θ − θ̄||² = 2 λ (θ − θ̄)
+        return terms, list(diff)
 
 
 class L2SPPenalty(L2SPLayerwisePenalty):
@@ -182,8 +190,16 @@ class L1SPPenalty(L2SPLayerwisePenalty):
 
     name = "l1sp"
 
-    def _sp_terms(self, theta: list[Tensor], ref: list[Tensor], names: list[str]) -> Tensor:
-        return torch.stack(torch._foreach_norm(torch._foreach_sub(theta, ref), 1))
+    def _sp_terms_and_grads(
+        self, theta: list[Tensor], ref: list[Tensor], names: list[str], lambdas: list[float], want_grad: bool
+    ) -> tuple[Tensor, list[Tensor]]:
+        diff = torch._foreach_sub(theta, ref)
+        terms = weighted_terms(torch.stack(torch._foreach_norm(diff, 1)), lambdas)
+        if not want_grad:
+            return terms, []
+        torch._foreach_sign_(diff)
+        torch._foreach_mul_(diff, lambdas)  # λ sign(θ − θ̄), 0 where θ = θ̄
+        return terms, list(diff)
 
 
 class L2SPFisherPenalty(L2SPLayerwisePenalty):
@@ -230,8 +246,14 @@ class L2SPFisherPenalty(L2SPLayerwisePenalty):
         )
         self._init_fisher(model, fisher)
 
-    def _sp_terms(self, theta: list[Tensor], ref: list[Tensor], names: list[str]) -> Tensor:
+    def _sp_terms_and_grads(
+        self, theta: list[Tensor], ref: list[Tensor], names: list[str], lambdas: list[float], want_grad: bool
+    ) -> tuple[Tensor, list[Tensor]]:
         diff = torch._foreach_sub(theta, ref)
-        weighted = torch._foreach_mul(torch._foreach_mul(diff, diff), [self.fisher.get(n) for n in names])
-        # every entry F_j d_j^2 is >= 0, so the L1 norm of the tensor is its sum
-        return torch.stack(torch._foreach_norm(weighted, 1))
+        fisher_diff = torch._foreach_mul(diff, [self.fisher.get(n) for n in names])
+        torch._foreach_mul_(diff, fisher_diff)  # F_j d_j^2 >= 0, so each tensor's L1 norm is its sum
+        terms = weighted_terms(torch.stack(torch._foreach_norm(diff, 1)), lambdas)
+        if not want_grad:
+            return terms, []
+        torch._foreach_mul_(fisher_diff, [2.0 * lam for lam in lambdas])  # 2 λ F (θ − θ̄)
+        return terms, list(fisher_diff)

@@ -230,6 +230,68 @@ def test_value_and_gradient_match_closed_form(name: str, batchnorm: str) -> None
     assert sum(terms.values()) == pytest.approx(expected, rel=1e-10)
 
 
+@pytest.mark.parametrize("batchnorm", ["exclude", "include"])
+@pytest.mark.parametrize("name", sorted(PENALTIES))
+def test_gradient_matches_finite_differences(name: str, batchnorm: str) -> None:
+    """The closed-form backward agrees with central differences of the value along random directions."""
+    model = make_toy()
+    pen = build(name, model, source_of(model), batchnorm=batchnorm)
+    model.zero_grad()
+    pen(model).backward()
+    params = list(model.parameters())
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    gen = torch.Generator().manual_seed(5)
+    eps = 1e-6
+    for _ in range(3):
+        direction = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+        with torch.no_grad():
+            torch._foreach_add_(params, direction, alpha=eps)
+            plus = pen(model).item()
+            torch._foreach_add_(params, direction, alpha=-2 * eps)
+            minus = pen(model).item()
+            torch._foreach_add_(params, direction, alpha=eps)
+        analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction, strict=True))
+        assert (plus - minus) / (2 * eps) == pytest.approx(analytic, rel=1e-6, abs=1e-8)
+
+
+@pytest.mark.parametrize("name", sorted(PENALTIES))
+def test_autograd_integration(name: str) -> None:
+    model = make_toy()
+    pen = build(name, model, source_of(model))
+    model.zero_grad()
+    pen(model).backward()
+    unit = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    (2.5 * pen(model) + 0.0).backward()  # upstream gradient 2.5 scales every parameter gradient
+    for n, p in model.named_parameters():
+        if n in unit:
+            torch.testing.assert_close(p.grad, 2.5 * unit[n], msg=n)
+    # gradients add to those of the task loss
+    model.zero_grad()
+    x = torch.randn(2, 2, dtype=torch.float64)
+    task = model.head(x).square().sum()
+    task.backward()
+    task_grad = model.head.weight.grad.clone()
+    model.zero_grad()
+    (model.head(x).square().sum() + pen(model)).backward()
+    torch.testing.assert_close(model.head.weight.grad, task_grad + unit["head.weight"])
+    # value only: no graph under no_grad or when nothing requires grad
+    with torch.no_grad():
+        assert pen(model).grad_fn is None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert pen(model).grad_fn is None
+    # a partly frozen model gets gradients only where they are needed
+    model.head.weight.requires_grad_(True)
+    model.zero_grad()
+    value = pen(model)
+    value.backward()
+    torch.testing.assert_close(model.head.weight.grad, unit["head.weight"])
+    assert model.decoder.weight.grad is None
+    with pytest.raises(RuntimeError):
+        value.backward()
+
+
 @pytest.mark.parametrize("name", SP_NAMES)
 def test_layer_terms_by_layer(name: str) -> None:
     model = make_toy()
