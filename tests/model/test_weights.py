@@ -97,8 +97,9 @@ def test_three_channel_target_copies_exactly(tmp_path: Path, imagenet_like: Dens
     model = DenseUNet(UNetConfig(in_channels=3))
     report = load_torchvision_densenet121(model, path)
     assert report.notes == ()
+    loaded = model.encoder.state_dict()
     for key, value in imagenet_like.features.state_dict().items():
-        assert torch.equal(model.encoder.state_dict()[key], value), key
+        assert torch.equal(loaded[key], value), key
 
 
 def test_monai_densenet_state_dict_also_loads(tmp_path: Path, imagenet_like: DenseNet121) -> None:
@@ -150,9 +151,10 @@ def test_checkpoint_with_other_classes_loads_all_but_head(tmp_path: Path) -> Non
     assert report.missing == () and report.unexpected == ()
     assert len(report.loaded) == len(target.state_dict()) - 2
     assert torch.equal(target.head.weight, head_before)
+    loaded = target.state_dict()
     for key, value in source.state_dict().items():
         if not key.startswith("head."):
-            assert torch.equal(target.state_dict()[key], value), key
+            assert torch.equal(loaded[key], value), key
     assert "head not loaded" in report.summary()
 
 
@@ -182,9 +184,8 @@ def test_plain_unet_state_dict_with_ddp_prefix_and_extras(tmp_path: Path) -> Non
     assert report.source_kind == "unet-state-dict"
     assert report.unexpected == ("extra_head.weight",)
     assert report.missing == ()
-    x = torch.rand(1, 1, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(target.eval()(x), source.eval()(x))
+    loaded = target.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in source.state_dict().items())
 
 
 def test_encoder_only_state_dict(tmp_path: Path) -> None:
