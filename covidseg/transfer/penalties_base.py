@@ -23,8 +23,11 @@ strategies keep them fixed) and are reported by :meth:`TransferPenalty.frozen_la
 skipped in the computation (they contribute exactly 0).
 
 Evaluation is fused: one ``torch._foreach_sub`` and one ``torch._foreach_norm`` over all SP tensors, the norms
-stacked into a vector and contracted with a per-tensor coefficient vector (grouping by λ without a Python loop
-over layers).
+stacked into a vector and contracted with the vector of per-tensor λ (grouping by λ without a Python loop over
+layers). The gradient is formed in closed form in the same pass (``2 λ (θ − θ̄)`` by an in-place scalar-list
+multiply of the differences) and handed to autograd by a custom function, so ``(loss + penalty).backward()``
+works as usual; autograd through ``torch._foreach_norm`` would cost three more full-size passes per tensor.
+Second-order gradients of the penalty are not supported.
 """
 
 from __future__ import annotations
@@ -233,10 +236,9 @@ class TransferPenalty(nn.Module):
             raise ConfigError(f"penalty {self.name!r} needs a schedule for its {len(sp)} source-matched tensors")
         self._active_sp = [n for n in sp if 0.0 < self._lambda_of_layer[self._layer[n]] < math.inf]
         self._frozen_names = [n for n in sp if math.isinf(self._lambda_of_layer[self._layer[n]])]
-        # λ kept in Python floats (double precision) and materialized per dtype/device on use, so a float32
-        # penalty moved to float64 does not carry float32-rounded coefficients.
+        # λ kept in Python floats (double precision) and turned into tensors on use, so a float32 penalty moved
+        # to float64 does not carry float32-rounded coefficients.
         self._coef_values = [self._lambda_of_layer[self._layer[n]] for n in self._active_sp]
-        self._coef_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         self._active_new = list(new) if self.decoder_lambda > 0 else []
 
     @staticmethod
@@ -310,15 +312,6 @@ class TransferPenalty(nn.Module):
 
     def _references(self, names: list[str]) -> list[Tensor]:
         return [self.reference.get(n) for n in names]
-
-    def _coefficients(self, like: Tensor) -> Tensor:
-        """Return λ of every active SP tensor as a vector with the dtype and device of ``like``."""
-        key = (like.dtype, like.device)
-        coef = self._coef_cache.get(key)
-        if coef is None:
-            coef = torch.tensor(self._coef_values, dtype=like.dtype, device=like.device)
-            self._coef_cache[key] = coef
-        return coef
 
     def _evaluate(
         self, sp: list[Tensor], new: list[Tensor], want_grad: bool
