@@ -17,14 +17,18 @@ Entries are built under a temporary name and renamed when complete, so a killed 
 Volumes are streamed in slice batches; the whole float volume never exists in memory.
 
 Examples:
-    >>> import tempfile
+    >>> import tempfile, pathlib, nibabel as nib
     >>> from covidseg.data.layouts import discover_cases
-    >>> from covidseg.data.preprocess import PreprocessConfig
-    >>> case = discover_cases("phantom", None, n_cases=1, shape=(4, 64, 64))[0]
-    >>> cache = SliceCache(tempfile.mkdtemp())
-    >>> cached = cache.get_or_build(case, PreprocessConfig(slice_size=(32, 32)))  # doctest: +SKIP
-    >>> cached.images.shape, cached.images.dtype.name  # doctest: +SKIP
-    ((4, 32, 32), 'float16')
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for sub in ("images", "labels"):
+    ...     (root / sub).mkdir()
+    >>> hu = np.full((50, 40, 4), -1000, np.int16); hu[10:40, 10:30] = 40
+    >>> nib.save(nib.Nifti1Image(hu, np.eye(4)), root / "images" / "ct.nii.gz")
+    >>> nib.save(nib.Nifti1Image((hu > 0).astype(np.uint8), np.eye(4)), root / "labels" / "ct.nii.gz")
+    >>> (case,) = discover_cases("volumes", root)
+    >>> cached = SliceCache(root / "cache").get_or_build(case, PreprocessConfig(slice_size=(32, 32)))
+    >>> cached.images.shape, cached.images.dtype.name, cached.labels.dtype.name, cached.n_slices
+    ((4, 32, 32), 'float16', 'uint8', 4)
 """
 
 from __future__ import annotations

@@ -280,8 +280,16 @@ def load_case(case: CaseRecord) -> LoadedCase:
         NotHUError: A volume declared (or detected) as HU whose intensities are not HU.
 
     Examples:
-        >>> case = CaseRecord("p", "phantom", None, phantom=PhantomSpec(0, (4, 64, 64), (5.0, 2.0, 2.0)))
-        >>> loaded = load_case(case)  # doctest: +SKIP
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> Image.fromarray(np.array([[0, 255, 255]], np.uint8)).save(root / "s.png")
+        >>> Image.fromarray(np.array([[0, 0, 255]], np.uint8)).save(root / "m.png")
+        >>> case = CaseRecord("s", "slices", root / "s.png", (LabelSource(root / "m.png", ((0, 0), (255, 1))),),
+        ...                   class_names=("background", "opacity"), intensity="display", is_2d=True,
+        ...                   display_window=(-1000.0, 0.0))
+        >>> loaded = load_case(case)
+        >>> loaded.hu.tolist(), loaded.labels.tolist()
+        ([[[-1000, 0, 0]]], [[[0, 0, 1]]])
     """
     if case.phantom is not None:
         return _load_phantom(case.phantom)

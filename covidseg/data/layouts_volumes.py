@@ -91,9 +91,13 @@ def _value_map(label_map: Mapping[int, int] | None, n_classes: int) -> tuple[tup
     if label_map is None:
         return tuple((i, i) for i in range(n_classes))
     pairs = []
-    for value, index in label_map.items():
-        if not isinstance(value, int) or not isinstance(index, int) or isinstance(value, bool):
-            raise ConfigError(f"label_map must map integer file values to class indices, got {value!r}: {index!r}")
+    for key, target in label_map.items():
+        try:  # YAML gives int keys, JSON gives "255": accept integral numbers and digit strings
+            value, index = int(str(key)), int(str(target))
+        except ValueError:
+            raise ConfigError(
+                f"label_map must map integer file values to class indices, got {key!r}: {target!r}"
+            ) from None
         if not 0 <= index < n_classes:
             raise ConfigError(f"label_map sends {value} to class {index}, but class indices are 0..{n_classes - 1}")
         pairs.append((value, index))

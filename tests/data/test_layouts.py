@@ -59,6 +59,10 @@ def test_volumes_label_map_translates_file_values(tmp_path: Path) -> None:
     synth.save_nifti(stored, tmp_path / "labels" / "a.nii.gz")
     (case,) = discover_cases("volumes", tmp_path, label_map={0: 0, 10: 1, 20: 2})
     np.testing.assert_array_equal(load_case(case).labels, labels)
+    (from_json,) = discover_cases("volumes", tmp_path, label_map={"0": 0, "10": 1, "20": "2"})
+    assert from_json == case
+    with pytest.raises(ConfigError, match="integer file values"):
+        discover_cases("volumes", tmp_path, label_map={"lung": 1})
     with pytest.raises(ConfigError, match="class 5"):
         discover_cases("volumes", tmp_path, label_map={0: 0, 10: 5})
     (case,) = discover_cases("volumes", tmp_path)  # identity map: 10 and 20 are invalid
