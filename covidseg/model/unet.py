@@ -259,7 +259,15 @@ class DenseUNet(nn.Module):
 
     @torch.jit.export
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Return class probabilities (softmax over dim 1) for images ``(N, in_channels, H, W)``."""
+        """Return class probabilities (softmax over dim 1) for images ``(N, in_channels, H, W)``.
+
+        Examples:
+            >>> model = DenseUNet(UNetConfig(class_names=("background", "opacity"))).eval()
+            >>> with torch.no_grad():
+            ...     proba = model.predict_proba(torch.rand(1, 1, 64, 64))
+            >>> proba.shape, bool(torch.allclose(proba.sum(1), torch.ones(1, 64, 64)))
+            (torch.Size([1, 2, 64, 64]), True)
+        """
         return torch.softmax(self.forward(x), dim=1)
 
     def _check_input(self, x: torch.Tensor) -> None:
