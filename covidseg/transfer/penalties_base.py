@@ -161,9 +161,10 @@ class _PenaltyFunction(torch.autograd.Function):
 class TransferPenalty(nn.Module):
     """Base class of all penalties: scope resolution, θ̄ buffers, fused evaluation, logging helpers.
 
-    Subclasses set :attr:`uses_source` and implement :meth:`_sp_terms`, which returns one unweighted term per
-    SP tensor (e.g. ``||θ − θ̄||²``); the base class weights them with λ of the tensor's layer, adds
-    ``λ' Σ ||θ_new||²`` and exposes :meth:`layer_terms` for logging.
+    Subclasses set :attr:`uses_source` and :attr:`name` and implement :meth:`_sp_terms_and_grads`, which returns
+    the weighted term of every SP tensor (e.g. ``λ_i ||θ − θ̄||²``) and its closed-form gradient; the base class
+    resolves the scope, adds ``λ' Σ ||θ_new||²``, connects the gradients to autograd and exposes
+    :meth:`layer_terms` for logging. The value returned by :meth:`forward` supports one backward pass.
 
     Args:
         model: The model to be fine-tuned (parameter names must match ``layer_of`` and ``source_state``).
