@@ -338,7 +338,8 @@ class TransferPenalty(nn.Module):
         handed to autograd by a custom function; higher-order gradients are not supported.
 
         Args:
-            model: The model the penalty was built for (possibly moved to another device or dtype since).
+            model: The model the penalty was built for (possibly moved to another device or dtype since);
+                parameters are looked up by name, so pass the unwrapped module (``ddp.module``), not a wrapper.
         """
         sp = self._fetch(model, self._active_sp)
         new = self._fetch(model, self._active_new)

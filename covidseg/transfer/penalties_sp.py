@@ -31,9 +31,11 @@ __all__ = [
     "L2SPFisherPenalty",
     "L2SPLayerwisePenalty",
     "L2SPPenalty",
+    "ScheduleSpec",
 ]
 
 ScheduleSpec = Schedule | float | Sequence[float] | Mapping[str, Any]
+"""What a penalty accepts as λ_i: a Schedule, a number, one value per layer, or ``{"name": ..., **kwargs}``."""
 
 
 def weighted_terms(values: Tensor, lambdas: list[float]) -> Tensor:
