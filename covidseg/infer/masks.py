@@ -1,0 +1,247 @@
+"""Binary-mask primitives for post-processing: components, hole filling, morphology in physical units.
+
+Every function works on boolean ``(Z, Y, X)`` arrays and never allocates a float volume. Work is done on the
+bounding box of the foreground, since lungs fill only a fraction of a CT's field of view, and components are
+found with one :func:`scipy.ndimage.label` pass followed by a lookup table, never a loop over components or
+voxels. Sizes are given in voxels here; callers convert millilitres with :func:`voxel_volume_ml`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = [
+    "MM3_PER_ML",
+    "bounding_box",
+    "component_sizes",
+    "ellipsoid_footprint",
+    "fill_holes",
+    "keep_largest_components",
+    "morphology",
+    "remove_small_components",
+    "voxel_volume_ml",
+]
+
+MM3_PER_ML = 1000.0
+"""Cubic millimetres in one millilitre."""
+
+_SLICE_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
+_SLICE_STRUCTURE[1] = ndi.generate_binary_structure(2, 1)
+"""Face connectivity inside an axial slice only: labelling with it treats every slice on its own."""
+_VOLUME_STRUCTURE = ndi.generate_binary_structure(3, 1)
+"""Face (6-) connectivity in 3-D."""
+
+Box = tuple[slice, slice, slice]
+
+
+def voxel_volume_ml(spacing: Sequence[float]) -> float:
+    """Volume of one voxel in mL from the (z, y, x) spacing in mm.
+
+    Examples:
+        >>> voxel_volume_ml((1.0, 0.5, 0.5))
+        0.00025
+    """
+    return float(np.prod([float(s) for s in spacing])) / MM3_PER_ML
+
+
+def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> Box | None:
+    """The smallest box (one slice per axis) that holds every True voxel, grown by ``margin``; None if empty.
+
+    Examples:
+        >>> m = np.zeros((4, 5, 6), bool)
+        >>> m[1, 2, 3] = m[2, 3, 3] = True
+        >>> bounding_box(m)
+        (slice(1, 3, None), slice(2, 4, None), slice(3, 4, None))
+        >>> bounding_box(m, margin=1)
+        (slice(0, 4, None), slice(1, 5, None), slice(2, 5, None))
+    """
+    margins = [int(margin)] * mask.ndim if isinstance(margin, int | np.integer) else [int(m) for m in margin]
+    box = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=others))
+        if hits.size == 0:
+            return None
+        lo = max(int(hits[0]) - margins[axis], 0)
+        hi = min(int(hits[-1]) + 1 + margins[axis], mask.shape[axis])
+        box.append(slice(lo, hi))
+    return (box[0], box[1], box[2])
+
+
+def component_sizes(labels: np.ndarray, n: int) -> np.ndarray:
+    """Voxel count of each label ``0..n`` of a :func:`scipy.ndimage.label` result (index 0: background).
+
+    Examples:
+        >>> component_sizes(np.array([[0, 1, 1, 2]]), 2).tolist()
+        [1, 2, 1]
+    """
+    return np.bincount(labels.ravel(), minlength=n + 1)
+
+
+def keep_largest_components(mask: np.ndarray, n_keep: int, min_voxels: int = 0) -> np.ndarray:
+    """Keep the ``n_keep`` largest 3-D face-connected components that have at least ``min_voxels`` voxels.
+
+    Args:
+        mask: Boolean ``(Z, Y, X)`` mask.
+        n_keep: How many components to keep (the largest by voxel count; ties broken by label order).
+        min_voxels: Components smaller than this are dropped even when among the largest.
+
+    Returns:
+        A new boolean mask of the same shape.
+
+    Examples:
+        >>> m = np.zeros((1, 1, 9), bool)
+        >>> m[0, 0, [0, 2, 3, 5, 6, 7]] = True
+        >>> keep_largest_components(m, 2).astype(int).tolist()
+        [[[0, 0, 1, 1, 0, 1, 1, 1, 0]]]
+        >>> keep_largest_components(m, 2, min_voxels=3).astype(int).tolist()
+        [[[0, 0, 0, 0, 0, 1, 1, 1, 0]]]
+    """
+    out = np.zeros(mask.shape, dtype=bool)
+    box = bounding_box(mask)
+    if box is None or n_keep < 1:
+        return out
+    labels, n = ndi.label(mask[box], structure=_VOLUME_STRUCTURE)
+    sizes = component_sizes(labels, n)
+    sizes[0] = 0
+    order = np.argsort(-sizes, kind="stable")[:n_keep]
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[order] = sizes[order] >= max(int(min_voxels), 1)
+    out[box] = keep[labels]
+    return out
+
+
+def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
+    """Drop 3-D face-connected components with fewer than ``min_voxels`` voxels (a new array).
+
+    Examples:
+        >>> m = np.array([[[1, 0, 1, 1, 0, 1, 1, 1]]], bool)
+        >>> remove_small_components(m, 2).astype(int).tolist()
+        [[[0, 0, 1, 1, 0, 1, 1, 1]]]
+    """
+    out = np.zeros(mask.shape, dtype=bool)
+    box = bounding_box(mask)
+    if box is None:
+        return out
+    if min_voxels <= 1:
+        out[box] = mask[box]
+        return out
+    labels, n = ndi.label(mask[box], structure=_VOLUME_STRUCTURE)
+    keep = component_sizes(labels, n) >= int(min_voxels)
+    keep[0] = False
+    out[box] = keep[labels]
+    return out
+
+
+def fill_holes(mask: np.ndarray, mode: str = "slice", max_hole_voxels: int | None = None) -> np.ndarray:
+    """Fill the holes of a mask: background regions that do not reach the border.
+
+    ``"slice"`` fills holes in each axial slice on its own (2-D face connectivity of the background): vessels
+    and bronchi that run into the lung from the hilum, and dense lesions touching the mediastinum, are tubes
+    open in 3-D but enclosed islands in an axial slice, so only this mode fills them. ``"volume"`` fills only
+    cavities enclosed in 3-D. Slice-wise filling includes every 3-D cavity (each cross-section of a cavity is
+    enclosed in its slice).
+
+    Args:
+        mask: Boolean ``(Z, Y, X)`` mask.
+        mode: ``"slice"`` or ``"volume"``.
+        max_hole_voxels: Holes larger than this (voxels of one slice in ``"slice"`` mode, of the cavity in
+            ``"volume"`` mode) stay open, e.g. the mediastinum when both lungs touch in front of and behind it.
+            None fills every hole.
+
+    Returns:
+        A new boolean mask that includes ``mask``.
+
+    Examples:
+        >>> ring = np.ones((1, 5, 5), bool)
+        >>> ring[0, 1:4, 1:4] = False
+        >>> int(fill_holes(ring).sum()), int(fill_holes(ring, max_hole_voxels=8).sum())
+        (25, 16)
+    """
+    if mode not in ("slice", "volume"):
+        raise ValueError(f"fill mode must be 'slice' or 'volume', got {mode!r}")
+    out = np.array(mask, dtype=bool, copy=True)
+    box = bounding_box(out)
+    if box is None:
+        return out
+    crop = out[box]
+    structure = _SLICE_STRUCTURE if mode == "slice" else _VOLUME_STRUCTURE
+    background, n = ndi.label(~crop, structure=structure)
+    if n == 0:
+        return out
+    # Background components touching the box's sides reach the outside; in slice mode the z faces are not
+    # sides (each slice is its own 2-D image).
+    faces = [background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1]]
+    if mode == "volume":
+        faces += [background[0], background[-1]]
+    is_hole = np.ones(n + 1, dtype=bool)
+    is_hole[0] = False
+    for face in faces:
+        is_hole[face.ravel()] = False
+    holes = is_hole[background]
+    if max_hole_voxels is not None:
+        hole_labels = background[holes]
+        sizes = np.bincount(hole_labels, minlength=n + 1)
+        is_hole &= sizes <= int(max_hole_voxels)
+        holes = is_hole[background]
+    crop |= holes
+    return out
+
+
+def ellipsoid_footprint(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
+    """Boolean structuring element of a ball of ``radius_mm`` in physical space, on an anisotropic grid.
+
+    The half-size along each axis is ``floor(radius_mm / spacing)`` voxels; an axis whose spacing exceeds the
+    radius gets extent 1, so a 1 mm ball on 5 mm slices is a flat in-plane disk.
+
+    Examples:
+        >>> ellipsoid_footprint(1.0, (5.0, 0.7, 0.7)).shape
+        (1, 3, 3)
+        >>> int(ellipsoid_footprint(1.0, (1.0, 1.0, 1.0)).sum())
+        7
+    """
+    radius = float(radius_mm)
+    steps = [float(s) for s in spacing]
+    half = [int(np.floor(radius / s + 1e-9)) for s in steps]
+    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    dist2 = sum((g * s) ** 2 for g, s in zip(grids, steps, strict=True))
+    return np.asarray(dist2 <= radius**2 + 1e-9)
+
+
+def morphology(mask: np.ndarray, operation: str, radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
+    """Binary ``"opening"`` or ``"closing"`` with a ball of ``radius_mm`` (anisotropic voxels), a new array.
+
+    Computed on the foreground's bounding box padded by the footprint, so the result equals the operation
+    on the whole volume with the background continued outside it. A radius below every voxel size is a no-op.
+
+    Examples:
+        >>> m = np.zeros((1, 7, 7), bool)
+        >>> m[0, 1:6, 1:6] = True
+        >>> m[0, 0, 0] = True  # a speck touching a corner
+        >>> opened = morphology(m, "opening", 1.0, (5.0, 1.0, 1.0))  # a flat 1 mm disk on 5 mm slices
+        >>> bool(opened[0, 0, 0]), int(opened.sum())  # the speck and the square's 4 corners removed
+        (False, 21)
+    """
+    if operation not in ("opening", "closing"):
+        raise ValueError(f"operation must be 'opening' or 'closing', got {operation!r}")
+    out = np.array(mask, dtype=bool, copy=True)
+    footprint = ellipsoid_footprint(radius_mm, spacing)
+    if footprint.sum() <= 1:
+        return out
+    pad = [h // 2 + 1 for h in footprint.shape]
+    box = bounding_box(out, margin=pad)
+    if box is None:
+        return out
+    crop = out[box]
+    if operation == "opening":
+        result = ndi.binary_opening(crop, structure=footprint)
+    else:
+        # Pad so that closing does not treat the box border as foreground-adjacent (scipy's border_value=0).
+        padded = np.pad(crop, [(p, p) for p in pad])
+        inner = tuple(slice(p, p + n) for p, n in zip(pad, crop.shape, strict=True))
+        result = ndi.binary_closing(padded, structure=footprint)[inner]
+    out[box] = result
+    return out
