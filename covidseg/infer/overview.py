@@ -1,0 +1,237 @@
+"""A PNG overview of one segmented scan: axial montage plus a coronal view, legible at a glance.
+
+Layout: ``n_axial`` axial slices (spread through the lungs, each the slice with the most opacity in its part
+of the lungs) and, on the right, a coronal slice through the lungs at the row with the most opacity. Lung
+window (level -600, width 1500 HU); lungs outlined, opacity filled semi-transparent; radiological convention
+(patient's right on the image left, anterior up in axial views, superior up in the coronal view) with R/L
+markers; pixel aspect from the voxel spacing; axial slice positions marked on the coronal view.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import patheffects
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from covidseg.errors import InputError
+from covidseg.infer.masks import bounding_box
+from covidseg.io.atomic import atomic_path
+from covidseg.io.images import LUNG_WINDOW
+
+__all__ = ["LUNG_COLOR", "OPACITY_ALPHA", "OPACITY_COLOR", "choose_axial_slices", "save_overview"]
+
+LUNG_COLOR = "#33c3ff"
+"""Colour of the lung outline."""
+OPACITY_COLOR = (1.0, 0.45, 0.0)
+"""RGB of the opacity fill (orange: visible on both black air and white tissue)."""
+OPACITY_ALPHA = 0.45
+"""Opacity of the opacity fill."""
+MARKER_COLOR = "#ffe14d"
+"""Orientation markers and slice-position lines (yellow, outlined in black: readable on air and tissue)."""
+CORONAL_MIN_LUNG_FRACTION = 0.7
+"""The coronal view cuts the lungs where their coronal area is at least this fraction of the largest."""
+CROP_MARGIN_MM = 15.0
+"""Margin kept around the lungs when the views are cropped to them."""
+_PANEL_INCHES = 2.6
+
+
+def choose_axial_slices(labels: np.ndarray, n: int) -> list[int]:
+    """Pick ``n`` axial slices: the lungs' z range in ``n`` equal parts, from each the slice with most opacity.
+
+    Parts without opacity contribute their slice with the most lung; without lungs the slices are spread
+    evenly through the scan. Returned in increasing z (inferior to superior), without repeats.
+
+    Examples:
+        >>> lab = np.zeros((30, 4, 4), np.uint8)
+        >>> lab[5:25] = 1
+        >>> lab[7, 0, 0] = lab[22, 0, :2] = 2
+        >>> choose_axial_slices(lab, 2)
+        [7, 22]
+        >>> choose_axial_slices(np.zeros((10, 2, 2), np.uint8), 3)
+        [1, 5, 8]
+    """
+    n_z = labels.shape[0]
+    n = max(1, min(int(n), n_z))
+    lung_z = np.count_nonzero(labels > 0, axis=(1, 2))
+    present = np.flatnonzero(lung_z)
+    if present.size == 0:
+        return sorted({int(v) for v in np.floor((np.arange(n) + 0.5) * n_z / n)})
+    opac_z = np.count_nonzero(labels == 2, axis=(1, 2))
+    edges = np.linspace(present[0], present[-1] + 1, n + 1)
+    chosen: list[int] = []
+    for lo, hi in itertools.pairwise(edges):
+        rows = np.arange(int(np.floor(lo)), max(int(np.floor(hi)), int(np.floor(lo)) + 1))
+        rows = rows[(rows < n_z) & ~np.isin(rows, chosen)]
+        if rows.size == 0:
+            continue
+        score = opac_z[rows] if opac_z[rows].any() else lung_z[rows]
+        chosen.append(int(rows[np.argmax(score)]))
+    return sorted(chosen)
+
+
+def _coronal_row(labels: np.ndarray) -> int:
+    """Row (y) of the coronal view: through wide parts of the lungs, where the opacity is.
+
+    Among rows with at least ``CORONAL_MIN_LUNG_FRACTION`` of the widest lung cross-section, the one with the
+    most opacity (else the widest); the middle row without lungs.
+    """
+    lung_y = np.count_nonzero(labels > 0, axis=(0, 2))
+    if not lung_y.any():
+        return labels.shape[1] // 2
+    wide = lung_y >= CORONAL_MIN_LUNG_FRACTION * lung_y.max()
+    opac_y = np.where(wide, np.count_nonzero(labels == 2, axis=(0, 2)), -1)
+    return int(np.argmax(opac_y)) if opac_y.max() > 0 else int(np.argmax(lung_y))
+
+
+def _display_box(labels: np.ndarray, spacing: Sequence[float]) -> tuple[slice, slice]:
+    """In-plane (y, x) crop around the lungs with a margin, or the whole slice without lungs."""
+    margin = (0, int(CROP_MARGIN_MM / spacing[1]), int(CROP_MARGIN_MM / spacing[2]))
+    box = bounding_box(labels > 0, margin=margin)
+    if box is None:
+        return slice(0, labels.shape[1]), slice(0, labels.shape[2])
+    return box[1], box[2]
+
+
+def _overlay(ax: Axes, image: np.ndarray, lab: np.ndarray, aspect: float) -> None:
+    """Draw a HU image in the lung window with the lung outline and the opacity fill."""
+    low, high = LUNG_WINDOW
+    ax.imshow(image, cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
+    opacity = lab == 2
+    if opacity.any():
+        rgba = np.zeros((*lab.shape, 4), dtype=np.float32)
+        rgba[opacity] = (*OPACITY_COLOR, OPACITY_ALPHA)
+        ax.imshow(rgba, aspect=aspect, interpolation="nearest")
+    if (lab > 0).any():
+        ax.contour((lab > 0).astype(np.uint8), levels=[0.5], colors=[LUNG_COLOR], linewidths=1.0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _side_markers(ax: Axes, top: str | None = None) -> None:
+    """Radiological R (image left) and L (image right) markers, and an optional top label."""
+    style: dict[str, Any] = {
+        "color": MARKER_COLOR,
+        "fontsize": 10,
+        "fontweight": "bold",
+        "transform": ax.transAxes,
+        "path_effects": [patheffects.withStroke(linewidth=2.5, foreground="black")],
+    }
+    ax.text(0.02, 0.5, "R", ha="left", va="center", **style)
+    ax.text(0.98, 0.5, "L", ha="right", va="center", **style)
+    if top:
+        ax.text(0.5, 0.98, top, ha="center", va="top", **style)
+
+
+def save_overview(
+    hu: np.ndarray,
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    path: str | Path,
+    *,
+    n_axial: int = 6,
+    title: str = "",
+    overwrite: bool = False,
+) -> Path:
+    r"""Write the PNG overview of a scan and its final label map (atomically).
+
+    Args:
+        hu: Canonical ``(Z, Y, X)`` HU volume (x toward the patient's left, y posterior, z superior).
+        labels: Same shape; 0 background, 1 lung, 2 opacity.
+        spacing: Voxel size (z, y, x) in mm (sets each view's pixel aspect).
+        path: Destination ``.png``.
+        n_axial: Number of axial slices in the montage.
+        title: Shown above the figure (e.g. the scan name); the opacity summary is appended.
+        overwrite: Replace an existing file.
+
+    Returns:
+        The written path.
+
+    Raises:
+        InputError: If the arrays are not 3-D or differ in shape.
+        OutputExistsError: If ``path`` exists and ``overwrite`` is false.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> hu = np.full((8, 40, 40), -1000, np.int16)
+        >>> lab = np.zeros(hu.shape, np.uint8)
+        >>> lab[2:6, 10:30, 5:18] = lab[2:6, 10:30, 22:35] = 1
+        >>> lab[3:5, 15:20, 8:12] = 2
+        >>> out = save_overview(hu, lab, (5.0, 1.0, 1.0), pathlib.Path(tempfile.mkdtemp()) / "o.png", n_axial=2)
+        >>> out.read_bytes()[:4] == b"\x89PNG"
+        True
+    """
+    hu_arr, lab = np.asarray(hu), np.asarray(labels)
+    if hu_arr.ndim != 3 or hu_arr.shape != lab.shape:
+        raise InputError(f"hu and labels must be (Z, Y, X) of one shape, got {hu_arr.shape} and {lab.shape}")
+    sz, sy, sx = (float(s) for s in spacing)
+    rows_yx = _display_box(lab, (sz, sy, sx))
+    axial = choose_axial_slices(lab, n_axial)
+    opac_z = np.count_nonzero(lab == 2, axis=(1, 2))
+    lung_z = np.count_nonzero(lab > 0, axis=(1, 2))
+    y_cor = _coronal_row(lab)
+
+    n_cols = int(np.ceil(len(axial) / 2)) if len(axial) > 3 else len(axial)
+    n_rows = int(np.ceil(len(axial) / n_cols))
+    crop_h = (rows_yx[0].stop - rows_yx[0].start) * sy
+    crop_w = (rows_yx[1].stop - rows_yx[1].start) * sx
+    panel_h = _PANEL_INCHES * min(crop_h / crop_w, 1.6)
+    cor_h_mm, cor_w_mm = lab.shape[0] * sz, crop_w
+    cor_w_in = min(max(n_rows * panel_h * cor_w_mm / cor_h_mm, 2.0), 2.2 * _PANEL_INCHES)
+    fig = Figure(figsize=(n_cols * _PANEL_INCHES + cor_w_in + 0.4, n_rows * panel_h + 1.3), facecolor="black")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(n_rows, n_cols + 1, width_ratios=[_PANEL_INCHES] * n_cols + [cor_w_in], wspace=0.04)
+
+    for i, z in enumerate(axial[::-1]):  # superior first, as a radiologist scrolls
+        ax = fig.add_subplot(grid[i // n_cols, i % n_cols])
+        _overlay(ax, hu_arr[z][rows_yx], lab[z][rows_yx], aspect=sy / sx)
+        ax.axhline(y_cor - rows_yx[0].start, color=MARKER_COLOR, linewidth=0.8, linestyle=":", alpha=0.8)
+        pct = f"{100 * opac_z[z] / lung_z[z]:.0f}% opac." if lung_z[z] else "no lung"
+        ax.set_title(f"axial z={z} ({pct})", color="white", fontsize=9, pad=3)
+        _side_markers(ax, top="A")
+
+    ax = fig.add_subplot(grid[:, n_cols])
+    coronal = hu_arr[::-1, y_cor, rows_yx[1]]  # superior (large z) at the top
+    _overlay(ax, coronal, lab[::-1, y_cor, rows_yx[1]], aspect=sz / sx)
+    for z in axial:
+        ax.axhline(lab.shape[0] - 1 - z, color=MARKER_COLOR, linewidth=0.8, linestyle=":", alpha=0.8)
+        ax.text(
+            1.0,
+            lab.shape[0] - 1 - z,
+            f" z={z}",
+            color=MARKER_COLOR,
+            fontsize=7,
+            va="center",
+            transform=ax.get_yaxis_transform(),
+            clip_on=False,
+        )
+    ax.set_title(f"coronal y={y_cor}", color="white", fontsize=9, pad=3)
+    _side_markers(ax, top="S")
+
+    total_lung, total_opac = int(lung_z.sum()), int(opac_z.sum())
+    summary = f"opacity {100 * total_opac / total_lung:.1f}% of lung volume" if total_lung else "no lungs in view"
+    heading = f"{title} - {summary}" if title else summary
+    fig.suptitle(heading, color="white", fontsize=11, y=0.995)
+    fig.legend(
+        handles=[
+            Line2D([], [], color=LUNG_COLOR, linewidth=1.5, label="lung outline"),
+            Patch(facecolor=OPACITY_COLOR, edgecolor="none", label="opacity (filled)"),
+        ],
+        loc="lower center",
+        ncol=2,
+        frameon=False,
+        labelcolor="white",
+        fontsize=9,
+    )
+    fig.subplots_adjust(left=0.01, right=0.97, top=1 - 0.55 / fig.get_figheight(), bottom=0.4 / fig.get_figheight())
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, facecolor=fig.get_facecolor())
+    return Path(path)

@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from covidseg.infer.masks import (
+    bounding_box,
+    ellipsoid_footprint,
+    fill_holes,
+    keep_largest_components,
+    morphology,
+    remove_small_components,
+    voxel_volume_ml,
+)
+
+
+def test_voxel_volume_and_empty_box():
+    assert voxel_volume_ml((2.0, 0.5, 0.5)) == pytest.approx(0.0005)
+    assert bounding_box(np.zeros((3, 4, 5), bool)) is None
+
+
+def test_keep_largest_components_by_volume_and_minimum():
+    m = np.zeros((4, 20, 20), bool)
+    m[:, 1:9, 1:9] = True  # 256
+    m[:, 12:19, 12:19] = True  # 196
+    m[:, 1:4, 14:17] = True  # 36
+    two = keep_largest_components(m, 2)
+    assert two.sum() == 256 + 196 and not two[:, 2, 15].any()
+    assert keep_largest_components(m, 2, min_voxels=200).sum() == 256
+    assert keep_largest_components(m, 5).sum() == m.sum()
+    assert not keep_largest_components(np.zeros_like(m), 2).any()
+
+
+def test_fill_holes_slice_fills_tubes_volume_only_cavities():
+    block = np.ones((8, 12, 12), bool)
+    block[:, 5:7, 5:7] = False  # a vessel running through every slice: open in 3-D
+    block[3:5, 2:4, 2:4] = False  # an enclosed cavity
+    sliced = fill_holes(block, "slice")
+    volume = fill_holes(block, "volume")
+    assert sliced.all()
+    assert not volume[:, 5:7, 5:7].any() and volume[3:5, 2:4, 2:4].all()
+    limited = fill_holes(block, "slice", max_hole_voxels=3)  # each hole has 4 voxels per slice
+    assert np.array_equal(limited, block)
+    with pytest.raises(ValueError, match="fill mode"):
+        fill_holes(block, "2d")
+
+
+def test_ellipsoid_footprint_is_anisotropic():
+    fp = ellipsoid_footprint(1.5, (3.0, 0.7, 0.7))
+    assert fp.shape == (1, 5, 5)
+    fp = ellipsoid_footprint(2.0, (1.0, 0.5, 1.0))
+    assert fp.shape == (5, 9, 5)
+    # every True offset lies within 2 mm
+    offsets = np.argwhere(fp) - np.array(fp.shape) // 2
+    assert (np.sqrt(((offsets * [1.0, 0.5, 1.0]) ** 2).sum(1)) <= 2.0 + 1e-9).all()
+    assert ellipsoid_footprint(0.4, (1.0, 1.0, 1.0)).sum() == 1
+
+
+@pytest.mark.parametrize("operation", ["opening", "closing"])
+def test_morphology_on_crop_equals_whole_volume(operation):
+    rng = np.random.default_rng(0)
+    m = ndi.gaussian_filter(rng.random((20, 40, 40)), 1.5) > 0.55
+    m[:, :5] = False  # keep the foreground off the volume edge so scipy's border handling matches
+    m[:, -5:] = False
+    m[:, :, :5] = False
+    m[:, :, -5:] = False
+    m[:3] = m[-3:] = False
+    spacing = (2.0, 0.8, 0.8)
+    fp = ellipsoid_footprint(1.7, spacing)
+    expected = getattr(ndi, f"binary_{operation}")(m, structure=fp)
+    assert np.array_equal(morphology(m, operation, 1.7, spacing), expected)
+
+
+def test_opening_and_closing_effects_in_mm():
+    m = np.zeros((1, 20, 20), bool)
+    m[0, 2:10, 2:10] = True
+    m[0, 15, 2:18] = True  # a 1-voxel (0.7 mm) line
+    opened = morphology(m, "opening", 1.0, (5.0, 0.7, 0.7))
+    assert not opened[0, 15].any() and opened[0, 4:8, 4:8].all()
+    gap = np.zeros((1, 10, 20), bool)
+    gap[0, 2:8, 2:9] = gap[0, 2:8, 10:18] = True
+    assert morphology(gap, "closing", 1.0, (5.0, 0.7, 0.7))[0, 4, 9]
+    assert not morphology(gap, "closing", 0.3, (5.0, 0.7, 0.7))[0, 4, 9]  # below the voxel size: a no-op
+
+
+def test_remove_small_components():
+    m = np.zeros((5, 10, 10), bool)
+    m[0, 0, 0] = True
+    m[2:5, 2:5, 2:5] = True
+    assert remove_small_components(m, 2).sum() == 27
+    assert remove_small_components(m, 28).sum() == 0
+    assert remove_small_components(m, 1).sum() == 28
