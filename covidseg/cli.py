@@ -229,6 +229,61 @@ def preprocess(
     typer.echo(summary)
 
 
+@command("train")
+def train(
+    config: Annotated[
+        list[Path] | None,
+        typer.Option("--config", "-c", help="YAML config; repeat to combine (later files override earlier ones)."),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override one key, e.g. --set train.epochs=5. Repeat for several."),
+    ] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--source", help="Source weights: ImageNet DenseNet121 file or covidseg checkpoint (source.path)."
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume", help="Continue the run in this folder from its last.pt (its config.yaml is the base)."
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines.")] = False,
+) -> None:
+    """Fine-tune the segmenter with a transfer penalty and strategy; writes checkpoints, metrics and logs.
+
+    Example: covidseg train -c configs/datasets/phantom.yaml -c configs/schemes/l2.yaml --set train.epochs=3
+    """
+    from rich.console import Console
+
+    from covidseg.config import load_config
+    from covidseg.train.trainer import CONFIG_NAME
+    from covidseg.train.trainer import train as run_training
+
+    sets = list(overrides or [])
+    if source is not None:
+        sets.append(f"source.path={source}")
+    files: list[Path] = list(config or [])
+    if resume is not None:
+        base = (resume if resume.is_dir() else resume.parent) / CONFIG_NAME
+        if not base.is_file():
+            from covidseg.errors import InputError
+
+            raise InputError(f"{resume} is not a covidseg run folder (no {CONFIG_NAME}); pass the folder train printed")
+        files = [base, *files]
+    run_config = load_config(files, sets)
+    result = run_training(run_config, resume=resume, console=None if quiet else Console(stderr=True))
+    typer.echo(f"run: {result.run_dir}")
+    if result.best_checkpoint is not None:
+        typer.echo(f"best validation {result.monitor}: {result.best_metric:.4f} (epoch {result.best_epoch})")
+    typer.echo(
+        f"checkpoints: {result.last_checkpoint}" + (f", {result.best_checkpoint}" if result.best_checkpoint else "")
+    )
+
+
 @command("demo")
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes.")] = Path(
