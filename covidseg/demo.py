@@ -41,7 +41,7 @@ def run_demo(out_dir: str | Path, *, overwrite: bool = False, console: Console |
         with console.status("generating a synthetic chest CT (phantom)..."):
             phantom = generate_phantom(DEMO_SHAPE, DEMO_SPACING, seed=0)
             written = save_phantom(phantom, work, name="phantom", formats=("nifti",))
-            montage = save_montage(phantom.hu, phantom.labels, work / "phantom_montage.png")
+            montage = save_montage(phantom.hu, phantom.labels, work / "phantom_montage.png", spacing=phantom.spacing)
         console.print(f"[green]1/3[/] phantom {DEMO_SHAPE[2]} x {DEMO_SHAPE[1]} x {DEMO_SHAPE[0]} voxels written")
 
         with console.status("loading it back as a user's scan..."):
