@@ -48,8 +48,8 @@ def run_demo(out_dir: str | Path, *, overwrite: bool = False, console: Console |
             volume = load_ct(written["nifti"])
             facts = describe(volume)
         console.print(
-            f"[green]2/3[/] loaded: shape {facts.get('shape')}, spacing {facts.get('spacing_mm')} mm, "
-            f"looks like HU: {facts.get('looks_like_hu')}"
+            f"[green]2/3[/] loaded: shape {facts['shape_canonical']} (z, y, x), spacing {facts['spacing_mm']} mm, "
+            f"looks like HU: {facts['looks_like_hu']}"
         )
 
         with console.status("preprocessing (HU window [-1000, 0] -> [0, 1], slices to 384 x 384)..."):
