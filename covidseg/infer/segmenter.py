@@ -1,0 +1,367 @@
+"""The predictor: load a model once, then segment many CT volumes by executing an :class:`InferenceSpec`.
+
+Slices are streamed (:func:`covidseg.data.preprocess.iter_slice_batches`): each batch is windowed, resized to
+the network size, run through the network, its softmax probabilities resized back to the native slice size and
+reduced to labels (argmax) before the next batch starts. No full-resolution multi-class float volume ever
+exists; what is kept per scan is the uint8 label volume and, when asked for, one opacity-probability volume in
+float16 or uint8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from covidseg.data.preprocess import iter_slice_batches, resize_to_native
+from covidseg.errors import ConfigError, InputError
+from covidseg.infer.fastpath import slices_to_run
+from covidseg.infer.postprocess import postprocess
+from covidseg.infer.spec import InferenceSpec
+from covidseg.io.volume import CTVolume
+
+__all__ = ["PROBABILITY_DTYPES", "ModelInfo", "Prediction", "Segmenter", "flush_denormals", "resolve_device"]
+
+PROBABILITY_DTYPES = ("none", "float16", "uint8")
+"""How the opacity probability is kept: not at all, as float16, or scaled to 0..255 as uint8."""
+UINT8_SCALE = 255.0
+"""A probability p is stored as ``round(p * 255)`` in uint8 probability maps."""
+DEFAULT_BATCH_SIZE = 8
+"""Axial slices per network call."""
+_HASH_CHUNK = 1 << 20
+
+ProgressFn = Callable[[int, int], None]
+"""Called as ``progress(slices_done, slices_total)`` after each batch."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where the weights came from (recorded in reports).
+
+    Attributes:
+        path: The checkpoint file, or None for a model built in memory.
+        sha256: Hex SHA-256 of the checkpoint file.
+        description: Free text (e.g. the architecture name).
+    """
+
+    path: Path | None = None
+    sha256: str | None = None
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {"path": str(self.path) if self.path else None, "sha256": self.sha256, "description": self.description}
+
+
+@dataclass
+class Prediction:
+    """Network output of one volume on its canonical native grid, before post-processing.
+
+    Attributes:
+        labels: uint8 ``(Z, Y, X)`` argmax class indices of ``class_names``.
+        class_names: The model's classes.
+        opacity_probability: ``(Z, Y, X)`` opacity probability (float16, or uint8 = ``round(p * 255)``), or None.
+        skipped_slices: Axial slices the fast path did not send to the network (their labels are background).
+        slices_run: bool ``(Z,)``, True where the network ran.
+        timings: Seconds per stage: ``skip_decision``, ``preprocess``, ``network``, ``resize_back``,
+            ``argmax``, ``total``.
+    """
+
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    opacity_probability: np.ndarray | None
+    skipped_slices: int
+    slices_run: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; any other value is checked.
+
+    Raises:
+        InputError: An unknown device string, or CUDA asked for where there is none.
+
+    Examples:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "x"
+        >>> _ = f.write_bytes(b"abc")
+        >>> file_sha256(f)[:12]
+        'ba7816bf8f01'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def flush_denormals(enabled: bool = True) -> Iterator[None]:
+    """Treat denormal floats as zero on the CPU while inside (restored to PyTorch's default, off, after).
+
+    Denormals (|x| < 1.2e-38 in float32) are handled in microcode and can make a convolution 10-50x slower;
+    networks whose activations decay towards zero (random or badly calibrated weights, uniform image regions)
+    hit them. Flushing changes results only below 1e-38.
+
+    Examples:
+        >>> with flush_denormals():
+        ...     float(torch.tensor([1e-39]) * 1.0)
+        0.0
+    """
+    supported = torch.set_flush_denormal(True) if enabled else False
+    try:
+        yield
+    finally:
+        if supported:
+            torch.set_flush_denormal(False)
+
+
+def _runs(mask: np.ndarray) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of each run of True in a 1-D bool array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    for start, stop in zip(edges[::2], edges[1::2], strict=True):
+        yield int(start), int(stop)
+
+
+class Segmenter:
+    """A model and the :class:`InferenceSpec` it is run with; load once, :meth:`predict` many volumes.
+
+    Args:
+        model: Any module mapping ``(N, spec.in_channels, H, W)`` in [0, 1] to class logits
+            ``(N, len(spec.class_names), H, W)`` (a :class:`~covidseg.model.DenseUNet`, or a test fixture).
+        spec: The inference recipe.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        channels_last: Run the network in channels-last memory format (faster on CPU with bf16).
+        batch_size: Slices per network call (does not change results).
+        info: Provenance of the weights.
+
+    Examples:
+        >>> from covidseg.io import CTVolume, canonical_affine
+        >>> from covidseg.data.preprocess import PreprocessConfig
+        >>> class Dark(torch.nn.Module):  # "opacity" where the windowed intensity is above 0.5
+        ...     def forward(self, x):
+        ...         return torch.cat([0.5 - x, x - 0.5], dim=1) * 20
+        >>> pre = PreprocessConfig(slice_size=(32, 32))
+        >>> spec = InferenceSpec(class_names=("background", "opacity"), preprocess=pre)
+        >>> hu = np.full((2, 40, 40), -1000, np.int16); hu[:, 10:30, 10:30] = -100
+        >>> pred = Segmenter(Dark(), spec).predict(CTVolume.from_canonical(hu, canonical_affine()))
+        >>> int((pred.labels == 1).sum()) == 2 * 20 * 20
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: InferenceSpec,
+        *,
+        device: str | torch.device = "auto",
+        channels_last: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        info: ModelInfo | None = None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.device = resolve_device(device)
+        if spec.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("precision fp16 needs a CUDA device; on CPU use bf16 (or fp32)")
+        self.spec = spec
+        self.batch_size = batch_size
+        self.channels_last = bool(channels_last)
+        self.info = info or ModelInfo(description=type(model).__name__)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.to(device=self.device, memory_format=memory_format).eval()  # type: ignore[call-overload]
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        device: str | torch.device = "auto",
+        precision: str | None = None,
+        channels_last: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        skip_empty_slices: bool | None = None,
+    ) -> Segmenter:
+        """Load a covidseg checkpoint (``weights_only``), check it, and build its spec with the overrides.
+
+        Args:
+            path: A checkpoint written by ``covidseg train`` (``best.pt``) or ``save_checkpoint``.
+            device: See :class:`Segmenter`.
+            precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` (CUDA); None keeps the checkpoint's (fp32).
+            channels_last: See :class:`Segmenter`.
+            batch_size: See :class:`Segmenter`.
+            skip_empty_slices: Turn the fast path on/off; None keeps the checkpoint's (off).
+
+        Raises:
+            InputError: Missing, non-checkpoint, tampered or unreadable file; another architecture (weights that
+                do not fit the model config); a class set other than background/[lung]/opacity.
+            ConfigError: A bad precision or batch size.
+
+        Examples:
+            >>> import tempfile, pathlib
+            >>> from covidseg.model import DenseUNet, UNetConfig, save_checkpoint
+            >>> cfg = UNetConfig(class_names=("background", "lung", "opacity"), decoder_channels=(16, 16, 8, 8, 8))
+            >>> f = save_checkpoint(pathlib.Path(tempfile.mkdtemp()) / "m.pt", DenseUNet(cfg), model_config=cfg)
+            >>> seg = Segmenter.from_checkpoint(f, device="cpu", precision="bf16")
+            >>> seg.spec.precision, seg.spec.class_names, len(seg.info.sha256)
+            ('bf16', ('background', 'lung', 'opacity'), 64)
+        """
+        from covidseg.model.checkpoint import build_model_from_checkpoint, load_checkpoint
+
+        checkpoint = load_checkpoint(path)
+        spec = InferenceSpec.from_checkpoint(checkpoint, str(path))
+        spec = spec.with_overrides(precision=precision, skip_empty_slices=skip_empty_slices)
+        model = build_model_from_checkpoint(checkpoint)
+        del checkpoint
+        info = ModelInfo(path=Path(path).resolve(), sha256=file_sha256(path), description=type(model).__name__)
+        return cls(model, spec, device=device, channels_last=channels_last, batch_size=batch_size, info=info)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.spec.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.spec.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def predict(self, volume: CTVolume, *, probability: str = "none", progress: ProgressFn | None = None) -> Prediction:
+        """Run the network over every axial slice (or the lung slices, on the fast path) of a volume.
+
+        Args:
+            volume: The scan, canonical ``(Z, Y, X)`` HU.
+            probability: Also keep the opacity probability: ``"none"``, ``"float16"`` or ``"uint8"``.
+            progress: Called after each batch with ``(slices_done, slices_to_run)``.
+
+        Returns:
+            The argmax labels on the native grid (model class indices) and what else was asked for.
+
+        Raises:
+            ConfigError: An unknown ``probability`` kind.
+            InputError: The model's output does not have one channel per class of the spec.
+        """
+        if probability not in PROBABILITY_DTYPES:
+            raise ConfigError(f"probability must be one of {list(PROBABILITY_DTYPES)}, got {probability!r}")
+        spec = self.spec
+        start = time.perf_counter()
+        timings = dict.fromkeys(("skip_decision", "preprocess", "network", "resize_back", "argmax"), 0.0)
+        hu = volume.hu
+        n_slices, height, width = volume.shape
+        run = slices_to_run(hu, volume.spacing, spec.skip_empty_slices)
+        timings["skip_decision"] = time.perf_counter() - start
+        labels = np.zeros(volume.shape, dtype=np.uint8)
+        prob: np.ndarray | None = None
+        if probability != "none":
+            prob = np.zeros(volume.shape, dtype=np.float16 if probability == "float16" else np.uint8)
+        total, done = int(run.sum()), 0
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        with torch.inference_mode(), self._autocast(), flush_denormals(self.device.type == "cpu"):
+            for first, stop in _runs(run):
+                batches = iter_slice_batches(hu[first:stop], spec.preprocess, self.batch_size)
+                while True:
+                    t0 = time.perf_counter()
+                    item = next(batches, None)
+                    if item is None:
+                        break
+                    rows, batch = item
+                    x = batch.to(self.device)
+                    if spec.in_channels > 1:
+                        x = x.expand(-1, spec.in_channels, -1, -1)
+                    x = x.contiguous(memory_format=memory_format)
+                    t1 = time.perf_counter()
+                    logits = self.model(x)
+                    self._sync()
+                    t2 = time.perf_counter()
+                    self._check_output(logits, x)
+                    probs = torch.softmax(logits.float(), dim=1)
+                    probs = resize_to_native(probs, (height, width), spec.resize_back_mode)
+                    self._sync()
+                    t3 = time.perf_counter()
+                    out_rows = slice(first + rows.start, first + rows.stop)
+                    labels[out_rows] = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+                    if prob is not None:
+                        opacity = probs[:, spec.opacity_index]
+                        if prob.dtype == np.uint8:
+                            opacity = opacity.mul(UINT8_SCALE).round_().to(torch.uint8)
+                        else:
+                            opacity = opacity.to(torch.float16)
+                        prob[out_rows] = opacity.cpu().numpy()
+                    t4 = time.perf_counter()
+                    timings["preprocess"] += t1 - t0
+                    timings["network"] += t2 - t1
+                    timings["resize_back"] += t3 - t2
+                    timings["argmax"] += t4 - t3
+                    done += rows.stop - rows.start
+                    if progress is not None:
+                        progress(done, total)
+        timings["total"] = time.perf_counter() - start
+        return Prediction(
+            labels=labels,
+            class_names=spec.class_names,
+            opacity_probability=prob,
+            skipped_slices=int(n_slices - total),
+            slices_run=run,
+            timings=timings,
+        )
+
+    def _check_output(self, logits: torch.Tensor, x: torch.Tensor) -> None:
+        n_classes = len(self.spec.class_names)
+        if logits.ndim != 4 or logits.shape[1] != n_classes or logits.shape[2:] != x.shape[2:]:
+            raise InputError(
+                f"the model returned shape {list(logits.shape)} for input {list(x.shape)}; expected "
+                f"({x.shape[0]}, {n_classes}, {x.shape[2]}, {x.shape[3]}) logits for classes "
+                f"{list(self.spec.class_names)}"
+            )
+
+    def segment(self, volume: CTVolume, prediction: Prediction | None = None) -> np.ndarray:
+        """The final label map (0 background, 1 lung, 2 opacity) of a volume: predict, then post-process.
+
+        Args:
+            volume: The scan.
+            prediction: A :meth:`predict` result of this volume to reuse (else the network runs).
+
+        Examples:
+            >>> from covidseg.io import CTVolume, canonical_affine
+            >>> from covidseg.data.preprocess import PreprocessConfig
+            >>> class Zero(torch.nn.Module):
+            ...     def forward(self, x):
+            ...         return torch.zeros(x.shape[0], 3, *x.shape[2:])
+            >>> seg = Segmenter(Zero(), InferenceSpec(preprocess=PreprocessConfig(slice_size=(32, 32))))
+            >>> vol = CTVolume.from_canonical(np.zeros((2, 32, 32)), canonical_affine())
+            >>> int(seg.segment(vol).max())
+            0
+        """
+        pred = prediction if prediction is not None else self.predict(volume)
+        return postprocess(
+            pred.labels, volume.spacing, self.spec.postprocess, class_names=self.spec.class_names, hu=volume.hu
+        )
