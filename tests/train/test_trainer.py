@@ -213,3 +213,22 @@ def build_model_from_checkpoint_source(path: Path) -> torch.nn.Module:
     model = DenseUNet(UNetConfig(decoder_channels=(16, 16, 16, 16, 16)))
     model.load_state_dict(torch.load(path, weights_only=True))
     return model
+
+
+def test_bf16_channels_last_workers_and_augmentation(tmp_path: Path, dataset_root: Path, cache_dir: Path) -> None:
+    extra = ["train.epochs=1", "train.precision=bf16", "train.channels_last=true", "train.num_workers=1"]
+    result = train(tiny_config(tmp_path, dataset_root, *extra, "augment.enabled=true", cache=cache_dir))
+    row = result.history[0]
+    assert np.isfinite(row["train_loss"]) and 0.0 <= row["val_dice_opacity"] <= 1.0
+
+
+def test_early_stopping_and_validation_interval(tmp_path: Path, dataset_root: Path, cache_dir: Path) -> None:
+    # a learning rate of 1e-12 cannot change the predictions: the second validation does not improve
+    extra = ["train.epochs=6", "train.steps_per_epoch=1", "optim.lr=1e-12", "train.early_stopping_patience=1"]
+    result = train(tiny_config(tmp_path, dataset_root, *extra, "train.val_every=2", cache=cache_dir))
+    assert result.stopped_early and result.epochs_completed == 4 and result.best_epoch == 2
+    assert ["val_dice_opacity" in row for row in result.history] == [False, True, False, True]
+    resumed = train(
+        tiny_config(tmp_path, dataset_root, *extra, "train.val_every=2", cache=cache_dir), resume=result.run_dir
+    )
+    assert resumed.epochs_completed == 4  # a stopped run stays stopped
