@@ -199,10 +199,9 @@ def main() -> None:
         a, b = _labels(results["fp32"]["labels"]), _labels(results["bf16_cl"]["labels"])
         speed = results["fp32"]["timings"]["total"] / results["bf16_cl"]["timings"]["total"]
         net_speed = results["fp32"]["timings"][NETWORK_STAGE] / results["bf16_cl"]["timings"][NETWORK_STAGE]
-        print(f"\nbf16+channels_last vs fp32: {speed:.2f}x end to end, {net_speed:.2f}x network; label agreement ")
-        print(
-            f"  {100 * np.mean(a == b):.3f} % of voxels; opacity voxels fp32 {int((a == 2).sum())}, bf16 {int((b == 2).sum())}"
-        )
+        n_a, n_b = int((a == 2).sum()), int((b == 2).sum())
+        print(f"\nbf16+channels_last vs fp32: {speed:.2f}x end to end, {net_speed:.2f}x network; label agreement")
+        print(f"  {100 * np.mean(a == b):.3f} % of voxels; opacity voxels fp32 {n_a}, bf16 {n_b}")
     fast = next((n for n in ("fast_bf16_cl", "fast_fp32") if n in results), None)
     base = {"fast_bf16_cl": "bf16_cl", "fast_fp32": "fp32"}.get(fast or "")
     if fast and base in results:

@@ -1,8 +1,8 @@
 """Test helpers for the predictor: an analytic "model" that gives meaningful masks for free, and a toy chest.
 
 :class:`AnalyticCT` maps the windowed intensity (HU window [-1000, 0] -> [0, 1]) to class logits: lung for
-dark parenchyma (about -980 to -650 HU), opacity for the ground-glass-to-consolidation range (-650 to -80 HU),
-background otherwise (air outside the body, soft tissue, bone). A 3 x 3 mean filter first removes voxel noise,
+dark parenchyma (about -980 to -730 HU), opacity for the ground-glass range (-730 to -150 HU), background
+otherwise (air outside the body, soft tissue, bone). A 3 x 3 mean filter first removes voxel noise,
 and each class region is opened with a 5 x 5 square, so the thin partial-volume rims between air, lung and soft
 tissue (whose intensities pass through the other bands) are not called lung or opacity.
 """
@@ -19,10 +19,11 @@ from covidseg.infer.segmenter import Segmenter
 from covidseg.infer.spec import InferenceSpec
 from covidseg.model import DenseUNet, UNetConfig
 
-LUNG_BAND = (0.02, 0.35)
-"""Windowed-intensity range the fixture calls lung (-980 to -650 HU)."""
-OPACITY_BAND = (0.35, 0.92)
-"""Windowed-intensity range the fixture calls opacity (-650 to -80 HU)."""
+LUNG_BAND = (0.02, 0.27)
+"""Windowed-intensity range the fixture calls lung (-980 to -730 HU)."""
+OPACITY_BAND = (0.27, 0.85)
+"""Windowed-intensity range the fixture calls opacity (-730 to -150 HU: ground glass, not consolidation, which
+shares soft tissue's HU and needs a trained network)."""
 SHARPNESS = 60.0
 OPENING = 5
 
@@ -108,3 +109,27 @@ def calibrated_unet(config: UNetConfig, size: int = 64, seed: int = 0) -> DenseU
     with torch.no_grad():
         model(torch.rand(4, config.in_channels, size, size))
     return model.eval()
+
+
+class OracleLabels(nn.Module):
+    """Returns one-hot logits of known labels, slice batch by slice batch in z order (network size = native size).
+
+    Pushes a phantom's own labels through the predictor, post-processing and outputs, so volumes can be checked
+    against the phantom's known volumes. Call :meth:`rewind` before each volume.
+    """
+
+    def __init__(self, labels: np.ndarray, n_classes: int = 3) -> None:
+        super().__init__()
+        self.labels = torch.as_tensor(labels.astype(np.int64))
+        self.n_classes = n_classes
+        self.position = 0
+
+    def rewind(self) -> None:
+        self.position = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.labels[self.position : self.position + x.shape[0]]
+        self.position += x.shape[0]
+        if tuple(rows.shape[1:]) != tuple(x.shape[2:]):
+            raise ValueError("the oracle needs the network size to equal the native slice size")
+        return F.one_hot(rows, self.n_classes).permute(0, 3, 1, 2).float() * 50.0
