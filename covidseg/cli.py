@@ -300,6 +300,102 @@ def demo(
     run_demo(out_dir, overwrite=overwrite)
 
 
+@command("predict")
+def predict(
+    scans: Annotated[
+        list[str],
+        typer.Argument(
+            help="Scans: NIfTI/MHA/MHD/NRRD files, DICOM series folders, 2-D PNG/JPEG slices, folders of scans "
+            'or glob patterns (quote them: "data/*.nii.gz").',
+            show_default=False,
+        ),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("covidseg-predictions"),
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Checkpoint (best.pt). Default: $COVIDSEG_MODEL, else the newest runs/*/best.pt here.",
+            show_default=False,
+        ),
+    ] = None,
+    precision: Annotated[
+        str, typer.Option(help="Network precision: fp32, bf16 (faster on CPU, with --channels-last), fp16 (CUDA).")
+    ] = "fp32",
+    channels_last: Annotated[
+        bool, typer.Option("--channels-last", help="Channels-last memory format (use with bf16 on CPU).")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Slices per network call.", min=1)] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    prob_map: Annotated[
+        str, typer.Option("--prob-map", help="Also write the opacity probability: none, float16 or uint8 (0-255).")
+    ] = "none",
+    no_overview: Annotated[bool, typer.Option("--no-overview", help="Do not write the PNG overview.")] = False,
+    fast: Annotated[
+        bool | None,
+        typer.Option(
+            "--fast/--no-fast",
+            help="Skip axial slices without lung tissue (decided from HU). Default: the model's setting (off).",
+            show_default=False,
+        ),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="Process only part i of n of the sorted inputs, e.g. 2/4 (1-based).", show_default=False),
+    ] = None,
+    image_window: ImageWindowOption = None,
+    assume_hu: AssumeHUOption = False,
+    allow_non_ct: AllowNonCTOption = False,
+    overwrite: OverwriteOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Segment lungs and opacities: label map, report (JSON), overview (PNG), DICOM SEG for DICOM input.
+
+    Writes <name>_labels, <name>_report.json and <name>_overview.png per scan into the output folder, plus
+    summary.csv when several scans are given. Exit code 2 when any scan failed.
+
+    Example: covidseg predict scan.nii.gz dicom_folder/ -o results --model runs/l2sp/best.pt
+    """
+    from covidseg.infer.batch import expand_inputs, parse_shard, resolve_model_path, select_shard, summary_path
+    from covidseg.infer.console import run_batch_with_progress
+    from covidseg.infer.outputs import OutputOptions, ensure_output_dir
+    from covidseg.infer.pipeline import PredictOptions
+    from covidseg.infer.segmenter import Segmenter
+
+    shard_ix = parse_shard(shard) if shard is not None else None
+    options = PredictOptions(
+        outputs=OutputOptions(probability=prob_map, overview=not no_overview, overwrite=overwrite),
+        image_window=image_window,
+        assume_hu=assume_hu,
+        allow_non_ct=allow_non_ct,
+    )
+    inputs = expand_inputs(scans, exclude=out_dir)
+    if shard_ix is not None:
+        inputs = select_shard(inputs, *shard_ix)
+        if not inputs:
+            typer.echo(f"shard {shard}: no scans in this part of the {len(expand_inputs(scans))} inputs")
+            return
+    folder = ensure_output_dir(out_dir)
+    summary = summary_path(folder, shard_ix) if len(inputs) > 1 or shard_ix is not None else None
+    checkpoint = resolve_model_path(model)
+    segmenter = Segmenter.from_checkpoint(
+        checkpoint,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+        batch_size=batch_size,
+        skip_empty_slices=fast,
+    )
+    result = run_batch_with_progress(inputs, segmenter, folder, options=options, summary=summary, quiet=quiet)
+    done, failed = len(result.results), len(result.failures)
+    typer.echo(f"{done} of {done + failed} scan(s) segmented into {folder}" + (f", {failed} failed" if failed else ""))
+    if result.summary is not None:
+        typer.echo(f"summary: {result.summary}")
+    if failed:
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
 def main() -> None:
     """Entry point of the ``covidseg`` console script and ``python -m covidseg``."""
     app()
