@@ -115,8 +115,8 @@ def task_sequence(mode: str, sizes: list[int], weights: list[float], steps: int,
         >>> task_sequence("round_robin", [5, 9], [1, 1], 5, seed=0)
         [0, 1, 0, 1, 0]
         >>> seq = task_sequence("weighted", [5, 9], [3.0, 1.0], 4000, seed=1)
-        >>> round(seq.count(0) / len(seq), 1)
-        0.8
+        >>> abs(seq.count(0) / len(seq) - 0.75) < 0.03
+        True
     """
     if mode == "round_robin":
         return [i % len(sizes) for i in range(steps)]

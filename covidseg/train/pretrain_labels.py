@@ -19,8 +19,9 @@ back from it can be off by hundreds of HU). On the 1,600 unlabelled COVID-19 sli
 ``../shared/data/unlabeled-slices`` it finds no lung in most coronacases.org slices and only one lung in
 rotated Radiopaedia slices. :func:`slice_lung_mask` instead works on one slice and on relative intensities:
 
-1. Air-like pixels: below the Otsu threshold of the slice's intensities (lung and air against soft tissue;
-   adapts to an unknown display window; about -430 HU on a correctly windowed slice).
+1. Air-like pixels: below the Otsu threshold of the slice's intensities without its darkest pixels
+   (:data:`AIR_EXCLUSION_FRACTION`), i.e. lung against soft tissue; it adapts to an unknown display window
+   (about -430 HU on a correctly windowed slice).
 2. Components of air-like pixels (2-D, face connectivity). "Pure air" is the darkest
    :data:`PURE_AIR_RANGE_FRACTION` of the range between the slice's low percentile and the threshold. A
    component is outside air, the trachea, a main bronchus or bowel gas (not lung) when more than
@@ -74,6 +75,7 @@ from covidseg.infer.masks import fill_holes
 from covidseg.io.atomic import atomic_dir
 
 __all__ = [
+    "AIR_EXCLUSION_FRACTION",
     "GENERATED_DIR",
     "LABEL_GENERATORS",
     "LUNG_CLASSES",
@@ -95,7 +97,10 @@ PURE_AIR_RANGE_FRACTION = 0.1
 MAX_PURE_AIR_FRACTION = 0.25
 """Lung components have at most this fraction of pure air (outside air, airways and gas: 0.3 and more)."""
 LOW_PERCENTILE = 0.5
-"""The slice's dark reference level (a percentile, robust to a few extreme pixels)."""
+"""The slice's dark (and, mirrored, bright) reference level: a percentile, robust to a few extreme pixels."""
+AIR_EXCLUSION_FRACTION = 0.05
+"""Pixels within 5 % of the slice's range above its dark level (air) are left out of the Otsu threshold, so
+that it separates lung from soft tissue even when much of the image is outside air."""
 MIN_LUNG_AREA_MM2 = 150.0
 """Smallest lung cross-section kept (mm² of one slice)."""
 MAX_LUNG_COMPONENTS = 2
@@ -144,8 +149,9 @@ def slice_lung_mask(hu: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     out = np.zeros(image.shape, dtype=bool)
     if float(image.max()) <= float(image.min()):
         return out
-    threshold = float(threshold_otsu(image))
-    low = float(np.percentile(image, LOW_PERCENTILE))
+    low, high = (float(v) for v in np.percentile(image, [LOW_PERCENTILE, 100 - LOW_PERCENTILE]))
+    above_air = image[image > low + AIR_EXCLUSION_FRACTION * (high - low)]
+    threshold = float(threshold_otsu(above_air)) if above_air.size and np.ptp(above_air) > 0 else high
     pure_level = low + PURE_AIR_RANGE_FRACTION * max(threshold - low, 0.0)
     labels, n = ndi.label(image < threshold)
     if n == 0:
