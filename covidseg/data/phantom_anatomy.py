@@ -56,7 +56,7 @@ TAPER_Z = -20.0
 DOME_TOP_Z = {"right": -45.0, "left": -62.0}
 CARINA_Z = 30.0
 MIDLINE_GAP = 7.0  # half-width of the anterior junction between the lungs
-HEART = {"cx": 20.0, "cy": -22.0, "cz": -58.0, "long": 64.0, "short": 47.0, "height": 52.0, "angle": 0.7}
+HEART = {"cx": 24.0, "cy": -22.0, "cz": -58.0, "long": 64.0, "short": 47.0, "height": 52.0, "angle": 0.7}
 
 
 def cage_narrowing(z: np.ndarray) -> np.ndarray:
@@ -79,10 +79,11 @@ def heart_radius(z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def dome_z(y: np.ndarray, x: np.ndarray, side: str) -> np.ndarray:
-    """Height of a hemidiaphragm: highest under the lung's centre, lowest in the posterior recess."""
-    cx = -60.0 if side == "right" else 60.0
-    q = ellipse(y, x, 0.0, cx, 85.0, 75.0)
-    return DOME_TOP_Z[side] - 60.0 * q * (1.0 + 0.5 * np.clip(y / 90.0, 0.0, 1.0))
+    """Height of a hemidiaphragm: highest in front of the lung's centre, lowest in the posterior recess."""
+    cx = -55.0 if side == "right" else 55.0
+    ry = np.where(y < -30.0, 150.0, 95.0)  # a gentle slope to the front, a steep one to the back
+    q = ((y + 30.0) / ry) ** 2 + ((x - cx) / 80.0) ** 2
+    return DOME_TOP_Z[side] - 50.0 * q * (1.0 + 0.3 * np.clip(y / 90.0, 0.0, 1.0))
 
 
 def mediastinum(z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:

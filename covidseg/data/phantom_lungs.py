@@ -152,9 +152,15 @@ def lesion_centres(rng: np.random.Generator, frame: Frame, lungs: np.ndarray, co
     cand = np.stack(np.unravel_index(rng.choice(flat, size=min(len(flat), 4000)), lungs.shape), axis=1)
     z, y, x = frame.to_ref(cand).T
     periphery = cavity_radius(z, y, x)
-    weight = np.exp(7.0 * (periphery - 1.0)) * np.exp(1.3 * y / 90.0) * np.exp(-0.5 * (z - TAPER_Z) / 100.0)
+    weight = np.exp(4.0 * (periphery - 1.0)) * np.exp(1.3 * y / 90.0) * np.exp(-0.5 * (z - TAPER_Z) / 100.0)
     picks = rng.choice(len(cand), size=count, p=weight / weight.sum())
     return cand[picks]
+
+
+def _texture(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Unit-variance in-plane smoothed noise of ``shape``."""
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma=(0.0, sigma, sigma))
+    return noise / (float(noise.std()) + 1e-6)
 
 
 def paint_lesion(
@@ -187,10 +193,10 @@ def paint_lesion(
     noise = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma=sigma)
     noise /= float(noise.std()) + 1e-6
     field = 1.0 - envelope + float(rng.uniform(0.3, 0.5)) * noise
-    edge = (2.0 if kind == "ggo" else 1.0) * frame.pixel / radius
+    edge = (3.0 if kind == "ggo" else 1.0) * frame.pixel / radius  # ground glass fades out, consolidation less
     inside = lungs[box].astype(np.float32)
     weight = np.clip(field / edge + 0.5, 0.0, 1.0) * inside
-    texture = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma=(0.0, 0.8, 0.8)) * 60.0
+    texture = _texture(rng, shape, 0.8) * 35.0 + _texture(rng, shape, 2.0) * 60.0  # fine grain and patchiness
     patch = hu[box]
     if kind == "ggo":
         level = float(rng.uniform(*HU.ggo))
