@@ -90,7 +90,8 @@ def _generator_fingerprint() -> list[Any]:
     spec = importlib.util.find_spec("covidseg.data.phantom")
     if spec is None or spec.origin is None:
         raise InputError("covidseg.data.phantom is missing: the phantom layout needs it; reinstall covidseg")
-    return _fingerprint(Path(spec.origin))
+    sources = sorted(Path(spec.origin).parent.glob("phantom*.py"))  # the generator and its helper modules
+    return [entry for source in sources for entry in _fingerprint(source)]
 
 
 def cache_key(case: CaseRecord, config: PreprocessConfig) -> str:

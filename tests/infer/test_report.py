@@ -41,8 +41,8 @@ def test_phantom_volumes_match_the_known_labels(phantom):
     for side in ("right", "left"):
         assert rep["lung_volume_ml"][side] == pytest.approx(known[side], rel=0.05)
         assert rep["opacity_volume_ml"][side] == pytest.approx(known_opac[side], rel=0.05, abs=VOXEL_ML)
-    assert rep["lung_volume_ml"]["total"] == pytest.approx(np.count_nonzero(lung) * VOXEL_ML, rel=1e-6)
-    assert rep["opacity_volume_ml"]["total"] == pytest.approx(np.count_nonzero(opac) * VOXEL_ML, rel=1e-6)
+    assert rep["lung_volume_ml"]["total"] == pytest.approx(np.count_nonzero(lung) * VOXEL_ML, abs=1e-3)
+    assert rep["opacity_volume_ml"]["total"] == pytest.approx(np.count_nonzero(opac) * VOXEL_ML, abs=1e-3)
     expected_pct = 100 * np.count_nonzero(opac) / np.count_nonzero(lung)
     assert rep["percent_involved"]["total"] == pytest.approx(expected_pct, abs=1e-3)
     json.dumps(rep, allow_nan=False)  # plain JSON types only
