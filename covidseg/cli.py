@@ -196,9 +196,12 @@ def phantom(
     kwargs: dict[str, Any] = {"seed": seed}
     if lesions is not None:
         kwargs["n_lesions"] = lesions
+    from covidseg.io.atomic import check_writable
+
+    montage_path = check_writable(Path(out_dir) / f"{name}_montage.png", overwrite)
     result = generate_phantom(shape, spacing, **kwargs)
     written = save_phantom(result, out_dir, name=name, formats=formats, overwrite=overwrite)
-    montage = save_montage(result.hu, result.labels, Path(out_dir) / f"{name}_montage.png", overwrite=overwrite)
+    montage = save_montage(result.hu, result.labels, montage_path, spacing=result.spacing, overwrite=overwrite)
     for kind, path in {**written, "montage": montage}.items():
         typer.echo(f"{kind:>8}: {path}")
 
