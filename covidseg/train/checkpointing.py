@@ -42,7 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from covidseg.errors import InputError
+from covidseg.config import RunConfig
+from covidseg.errors import ConfigError, InputError
 from covidseg.io.atomic import atomic_path
 from covidseg.model.checkpoint import load_checkpoint, save_checkpoint
 from covidseg.model.unet import UNetConfig
@@ -53,6 +54,9 @@ __all__ = [
     "LAST_NAME",
     "TrainingState",
     "capture_rng_state",
+    "check_resume_compatible",
+    "checkpoint_entries",
+    "find_resume_checkpoint",
     "load_training_checkpoint",
     "restore_rng_state",
     "save_training_checkpoint",
@@ -236,3 +240,62 @@ def find_resume_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
             f"{path} has no {LAST_NAME}; the run stopped before its first epoch ended, start it again instead"
         )
     return last
+
+
+def check_resume_compatible(config: RunConfig, ckpt: dict[str, Any], path: Path) -> None:
+    """Refuse to resume with another architecture, preprocessing, penalty or optimizer."""
+    saved = ckpt["config"]
+    problems = []
+    if UNetConfig.from_dict(ckpt["model_config"]) != config.model.to_unet_config():
+        problems.append("model")
+    if ckpt["preprocessing"] != config.preprocess.to_preprocess_config().to_dict():
+        problems.append("preprocess")
+    if saved.get("regularization", {}).get("name") != config.regularization.name:
+        problems.append("regularization.name")
+    if saved.get("optim", {}).get("name") != config.optim.name:
+        problems.append("optim.name")
+    if problems:
+        raise ConfigError(
+            f"{path} was trained with other settings ({', '.join(problems)}); resume with the run's own "
+            "config.yaml (covidseg train --resume RUN_DIR) and change only train.* keys"
+        )
+
+
+def checkpoint_entries(
+    config: RunConfig,
+    parts: dict[str, Any],
+    state: TrainingState,
+    history: list[dict[str, Any]],
+    *,
+    full: bool,
+) -> dict[str, Any]:
+    """The extra entries of ``last.pt`` (``full``) or ``best.pt`` (model, θ̄, config, counters; no optimizer).
+
+    Args:
+        config: The run config.
+        parts: ``penalty``, ``strategy``, ``optimizer``, ``scheduler`` and ``scaler`` of the run.
+        state: The loop counters.
+        history: The ``metrics.csv`` rows so far.
+        full: Include what resuming needs (optimizer, scheduler, gradient scaler, RNG states).
+    """
+    penalty = parts["penalty"]
+    extra: dict[str, Any] = {
+        "class_names": list(config.model.class_names),
+        "preprocessing": config.preprocess.to_preprocess_config().to_dict(),
+        "config": config.to_yaml_dict(),
+        "penalty_name": config.regularization.name,
+        "penalty": None if penalty is None else {k: v.detach().cpu() for k, v in penalty.state_dict().items()},
+        "strategy": parts["strategy"].state_dict(),
+        "training": state.to_dict(),
+        "history": [dict(row) for row in history],
+    }
+    if full:
+        extra.update(
+            optimizer=parts["optimizer"].state_dict(),
+            scheduler=parts["scheduler"].state_dict(),
+            grad_scaler=parts["scaler"].state_dict(),
+            rng=capture_rng_state(),
+        )
+    else:
+        extra["kind"] = "best"
+    return extra

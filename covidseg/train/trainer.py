@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from covidseg.config import RunConfig, save_config
 from covidseg.data.splits import save_splits
-from covidseg.errors import ConfigError, OutputExistsError
-from covidseg.model import UNetConfig, encoder_param_layer
+from covidseg.errors import OutputExistsError
+from covidseg.model import encoder_param_layer
 from covidseg.train import build as B
 from covidseg.train import checkpointing as C
 from covidseg.train import distributed as D
@@ -97,25 +97,6 @@ def _new_run_dir(config: RunConfig, ctx: D.DistContext) -> Path:
     return run_dir
 
 
-def _check_resume(config: RunConfig, ckpt: dict[str, Any], path: Path) -> None:
-    """Refuse to resume with another architecture, preprocessing, penalty or optimizer."""
-    saved = ckpt["config"]
-    problems = []
-    if UNetConfig.from_dict(ckpt["model_config"]) != config.model.to_unet_config():
-        problems.append("model")
-    if ckpt["preprocessing"] != config.preprocess.to_preprocess_config().to_dict():
-        problems.append("preprocess")
-    if saved.get("regularization", {}).get("name") != config.regularization.name:
-        problems.append("regularization.name")
-    if saved.get("optim", {}).get("name") != config.optim.name:
-        problems.append("optim.name")
-    if problems:
-        raise ConfigError(
-            f"{path} was trained with other settings ({', '.join(problems)}); resume with the run's own "
-            "config.yaml (covidseg train --resume RUN_DIR) and change only train.* keys"
-        )
-
-
 def _remove_stale_temporaries(run_dir: Path) -> None:
     """Delete temporary files a killed run left behind (atomic writes name them ``.<name>.*.tmp*``)."""
     for stale in run_dir.glob(".*.tmp*"):
@@ -146,37 +127,6 @@ def _train_loader(
         pin_memory=ctx.device.type == "cuda",
     )
     return loader, sampler, steps
-
-
-def _payload(
-    config: RunConfig,
-    parts: dict[str, Any],
-    state: C.TrainingState,
-    history: list[dict[str, Any]],
-    *,
-    full: bool,
-) -> dict[str, Any]:
-    penalty = parts["penalty"]
-    extra: dict[str, Any] = {
-        "class_names": list(config.model.class_names),
-        "preprocessing": config.preprocess.to_preprocess_config().to_dict(),
-        "config": config.to_yaml_dict(),
-        "penalty_name": config.regularization.name,
-        "penalty": None if penalty is None else {k: v.detach().cpu() for k, v in penalty.state_dict().items()},
-        "strategy": parts["strategy"].state_dict(),
-        "training": state.to_dict(),
-        "history": [dict(row) for row in history],
-    }
-    if full:
-        extra.update(
-            optimizer=parts["optimizer"].state_dict(),
-            scheduler=parts["scheduler"].state_dict(),
-            grad_scaler=parts["scaler"].state_dict(),
-            rng=C.capture_rng_state(),
-        )
-    else:
-        extra["kind"] = "best"
-    return extra
 
 
 def train(
@@ -228,7 +178,7 @@ def _train(
     if resume is not None:
         ckpt_path = C.find_resume_checkpoint(resume)
         ckpt = C.load_training_checkpoint(ckpt_path)
-        _check_resume(cfg, ckpt, ckpt_path)
+        C.check_resume_compatible(cfg, ckpt, ckpt_path)
         run_dir = ckpt_path.parent
     else:
         run_dir = _new_run_dir(cfg, ctx)
@@ -292,7 +242,8 @@ def _train(
         save_splits(splits, run_dir / SPLITS_NAME, overwrite=True)
         if fisher is not None and cfg.regularization.fisher_path is None and ckpt is None:
             save_fisher(fisher, run_dir / FISHER_NAME, overwrite=True)
-        logger = TrainLogger(run_dir, class_names, tensorboard=cfg.output.tensorboard, purge_step=state.global_step)
+        purge = state.global_step if ckpt is not None else None
+        logger = TrainLogger(run_dir, class_names, tensorboard=cfg.output.tensorboard, purge_step=purge)
     say(f"run folder: {run_dir}")
     parts = {"penalty": penalty, "strategy": strategy, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     sc = StepContext(
@@ -376,14 +327,14 @@ def _train(
                     run_dir / C.LAST_NAME,
                     model,
                     model_config=cfg.model.to_unet_config(),
-                    extra=_payload(cfg, parts, state, history, full=True),
+                    extra=C.checkpoint_entries(cfg, parts, state, history, full=True),
                 )
                 if improved:
                     C.save_training_checkpoint(
                         run_dir / C.BEST_NAME,
                         model,
                         model_config=cfg.model.to_unet_config(),
-                        extra=_payload(cfg, parts, state, history, full=False),
+                        extra=C.checkpoint_entries(cfg, parts, state, history, full=False),
                     )
                 if logger is not None:
                     logger.log_epoch(history)

@@ -69,3 +69,19 @@ def test_model_only_checkpoint_cannot_resume(tmp_path: Path, model: DenseUNet) -
     assert C.find_resume_checkpoint(path) == path
     with pytest.raises(InputError, match="does not exist"):
         C.find_resume_checkpoint(tmp_path / "missing")
+
+
+def test_resume_refuses_other_settings(tmp_path: Path) -> None:
+    from covidseg.config import load_config
+    from covidseg.errors import ConfigError
+
+    config = load_config(overrides=["preprocess.slice_size=[64, 64]"])
+    ckpt = {
+        "config": config.to_yaml_dict(),
+        "model_config": config.model.to_unet_config().to_dict(),
+        "preprocessing": config.preprocess.to_preprocess_config().to_dict(),
+    }
+    C.check_resume_compatible(config, ckpt, tmp_path / "last.pt")
+    other = load_config(overrides=["preprocess.slice_size=[96, 96]", "optim.name=sgd"])
+    with pytest.raises(ConfigError, match=r"other settings \(preprocess, optim.name\)"):
+        C.check_resume_compatible(other, ckpt, tmp_path / "last.pt")
