@@ -104,11 +104,11 @@ def make_model(work: Path, slice_size: int, scan: Path) -> Path:
 
 def worker(args: argparse.Namespace) -> None:
     """Run one configuration and print its JSON result (the last stdout line)."""
+    import torch
+
     from covidseg.infer.outputs import OutputOptions
     from covidseg.infer.pipeline import PredictOptions, predict_scan
     from covidseg.infer.segmenter import Segmenter
-
-    import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -204,9 +204,8 @@ def main() -> None:
         print(f"  {name}: {results[name]['timings']['total']:.1f} s", flush=True)
 
     threads = next(iter(results.values()))["threads"]
-    print(
-        f"\n{args.size} x {args.size} x {args.slices} voxels, spacing {SPACING} mm, batch {args.batch_size}, {threads} threads\n"
-    )
+    size = f"{args.size} x {args.size} x {args.slices} voxels, spacing {SPACING} mm"
+    print(f"\n{size}, batch {args.batch_size}, {threads} threads\n")
     header = "| config | total s | network s | non-network s (share of network) | post-proc s | writes s | skipped |"
     print(header + " peak RSS MB |")
     print("|" + "---|" * 8)
