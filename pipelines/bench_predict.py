@@ -73,9 +73,8 @@ def make_scan(work: Path, slices: int, size: int, extra: int, seed: int) -> Path
 def make_model(work: Path, slice_size: int, scan: Path) -> Path:
     """A random-weight (seed 0) default DenseUNet checkpoint at ``slice_size``, BatchNorm calibrated on the scan.
 
-    Uncalibrated random networks drive activations into float32 denormals, which slows CPU convolutions many
-    times over; BatchNorm statistics from one train-mode pass over a few of the scan's slices avoid that, so the
-    network runs at the speed of a trained one.
+    BatchNorm statistics come from one train-mode pass over a few of the scan's slices, as training would set them
+    (instead of the defaults, mean 0 and variance 1), so activations have the scale of a trained model's.
     """
     import torch
 

@@ -29,7 +29,7 @@ from covidseg.infer.postprocess import postprocess
 from covidseg.infer.spec import InferenceSpec
 from covidseg.io.volume import CTVolume
 
-__all__ = ["PROBABILITY_DTYPES", "ModelInfo", "Prediction", "Segmenter", "flush_denormals", "resolve_device"]
+__all__ = ["PROBABILITY_DTYPES", "ModelInfo", "Prediction", "Segmenter", "resolve_device"]
 
 PROBABILITY_DTYPES = ("none", "float16", "uint8")
 """How the opacity probability is kept: not at all, as float16, or scaled to 0..255 as uint8."""
@@ -122,27 +122,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def flush_denormals(enabled: bool = True) -> Iterator[None]:
-    """Treat denormal floats as zero on the CPU while inside (restored to PyTorch's default, off, after).
-
-    Denormals (|x| < 1.2e-38 in float32) are handled in microcode and can make a convolution 10-50x slower;
-    networks whose activations decay towards zero (random or badly calibrated weights, uniform image regions)
-    hit them. Flushing changes results only below 1e-38.
-
-    Examples:
-        >>> with flush_denormals():
-        ...     float(torch.tensor([1e-39]) * 1.0)
-        0.0
-    """
-    supported = torch.set_flush_denormal(True) if enabled else False
-    try:
-        yield
-    finally:
-        if supported:
-            torch.set_flush_denormal(False)
 
 
 def _runs(mask: np.ndarray) -> Iterator[tuple[int, int]]:
@@ -285,7 +264,7 @@ class Segmenter:
             prob = np.zeros(volume.shape, dtype=np.float16 if probability == "float16" else np.uint8)
         total, done = int(run.sum()), 0
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        with torch.inference_mode(), self._autocast(), flush_denormals(self.device.type == "cpu"):
+        with torch.inference_mode(), self._autocast():
             for first, stop in _runs(run):
                 batches = iter_slice_batches(hu[first:stop], spec.preprocess, self.batch_size)
                 while True:

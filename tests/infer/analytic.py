@@ -94,10 +94,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def calibrated_unet(config: UNetConfig, size: int = 64, seed: int = 0) -> DenseUNet:
-    """A random-weight DenseUNet whose BatchNorm statistics match its own activations (one train-mode pass).
-
-    Uncalibrated random networks drive activations into float32 denormals on flat inputs, which makes CPU
-    convolutions 10-50x slower; calibrated ones run at normal speed, like trained models.
+    """A random-weight DenseUNet whose BatchNorm statistics come from one train-mode pass, as training would set
+    them (instead of the defaults, mean 0 and variance 1), so its activations have the scale of a trained model's.
     """
     torch.manual_seed(seed)
     model = DenseUNet(config)
