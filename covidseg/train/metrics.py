@@ -42,6 +42,7 @@ __all__ = [
     "confusion_matrix",
     "mean_scores",
     "scores_from_confusion",
+    "scores_table",
 ]
 
 EMPTY_SCORE = 1.0
