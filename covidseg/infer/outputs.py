@@ -280,7 +280,9 @@ def write_outputs(
         labels: Final canonical ``(Z, Y, X)`` uint8 label map.
         report: The scan's report (:func:`covidseg.infer.report.scan_report`, extended by the caller).
         metadata: Provenance stored under ``metadata`` in the report JSON.
-        probability: The opacity probability (float16 or uint8), required when ``outputs.probability`` is set.
+        probability: The opacity probability (float16 or uint8). It is written when given and
+            ``outputs.probability`` is set; :func:`~covidseg.infer.pipeline.predict_scan` writes it right after
+            prediction instead (:func:`write_probability_map`), to free its memory before post-processing.
         overwrite: Replace existing files.
 
     Returns:
@@ -304,9 +306,7 @@ def write_outputs(
     start = time.perf_counter()
     save_mask(labels, volume, outputs.labels, overwrite=overwrite)
     seconds["labels"] = time.perf_counter() - start
-    if outputs.probability is not None:
-        if probability is None:
-            raise ValueError("a probability map was planned but no probability was given")
+    if outputs.probability is not None and probability is not None:
         start = time.perf_counter()
         write_probability_map(probability, volume, outputs.probability, overwrite=overwrite)
         seconds["probability"] = time.perf_counter() - start

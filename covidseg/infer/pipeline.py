@@ -20,6 +20,7 @@ from covidseg.infer.outputs import (
     ensure_output_dir,
     plan_outputs,
     write_outputs,
+    write_probability_map,
 )
 from covidseg.infer.postprocess import PostprocessConfig, postprocess
 from covidseg.infer.report import scan_report
@@ -81,6 +82,7 @@ def postprocess_config_for(volume: CTVolume, config: PostprocessConfig) -> tuple
     inputs the minimum lung component volume is dropped (the largest-components rule still applies).
 
     Examples:
+        >>> import numpy as np
         >>> from covidseg.io import canonical_affine
         >>> vol = CTVolume.from_canonical(np.zeros((1, 32, 32)), canonical_affine())
         >>> postprocess_config_for(vol, PostprocessConfig())[0].min_lung_component_ml
@@ -125,7 +127,7 @@ def predict_scan(
         NotHUError: Intensities that do not look like HU (unless ``assume_hu``).
 
     Examples:
-        >>> import tempfile, torch
+        >>> import tempfile, numpy as np, torch
         >>> from covidseg.data.preprocess import PreprocessConfig
         >>> from covidseg.infer.spec import InferenceSpec
         >>> from covidseg.io import CTVolume, canonical_affine, save_volume
@@ -163,6 +165,14 @@ def predict_scan(
     stage("predicting")
     prediction = segmenter.predict(volume, probability=opts.outputs.probability, progress=progress)
     timings.update({k: v for k, v in prediction.timings.items() if k != "total"})
+
+    if planned.probability is not None and prediction.opacity_probability is not None:
+        stage("writing the probability map")
+        t0 = time.perf_counter()  # written now, so its memory is free before post-processing
+        overwrite = opts.outputs.overwrite
+        write_probability_map(prediction.opacity_probability, volume, planned.probability, overwrite=overwrite)
+        prediction.opacity_probability = None
+        timings["write_probability"] = time.perf_counter() - t0
 
     stage("post-processing")
     t0 = time.perf_counter()
@@ -202,7 +212,6 @@ def predict_scan(
         labels,
         report,
         metadata,
-        probability=prediction.opacity_probability,
         overwrite=opts.outputs.overwrite,
     )
     timings.update({f"write_{kind}": seconds for kind, seconds in written.items()})

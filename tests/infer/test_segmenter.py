@@ -13,7 +13,7 @@ from monai.transforms import Resize, ScaleIntensityRange
 
 from covidseg.data.preprocess import PreprocessConfig
 from covidseg.errors import ConfigError, InputError
-from covidseg.infer.segmenter import Segmenter, resolve_device
+from covidseg.infer.segmenter import Segmenter, argmax_classes, resolve_device
 from covidseg.infer.spec import InferenceSpec
 from covidseg.io import CTVolume, canonical_affine
 from covidseg.model import UNetConfig, save_checkpoint
