@@ -245,3 +245,11 @@ def test_disagreeing_class_names_are_refused(tmp_path, best_pt):
 def test_bad_precision_is_a_config_error(best_pt):
     with pytest.raises(ConfigError, match="precision"):
         Segmenter.from_checkpoint(best_pt, device="cpu", precision="int8")
+
+
+def test_argmax_classes_matches_torch_argmax():
+    torch.manual_seed(0)
+    probs = torch.rand(3, 4, 17, 19)
+    probs[0, 2, 0, 0] = probs[0, 1, 0, 0] = 2.0  # a tie goes to the lower class, as in argmax
+    assert torch.equal(argmax_classes(probs).long(), probs.argmax(dim=1))
+    assert argmax_classes(probs).dtype == torch.uint8 and int(argmax_classes(probs)[0, 0, 0]) == 1
