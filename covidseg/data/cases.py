@@ -86,7 +86,7 @@ class PhantomSpec:
     seed: int
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
-    n_lesions: int | None = None
+    n_lesions: int | tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def discover_phantom(
     base_seed: int = 0,
     shape: tuple[int, int, int] | list[int] = DEFAULT_PHANTOM_SHAPE,
     spacing: tuple[float, float, float] | list[float] = DEFAULT_PHANTOM_SPACING,
-    n_lesions: int | None = None,
+    n_lesions: int | tuple[int, int] | list[int] | None = None,
 ) -> list[CaseRecord]:
     """Describe ``n_cases`` synthetic cases; case ``i`` is generated with seed ``base_seed + i`` when loaded.
 
@@ -79,7 +79,7 @@ def discover_phantom(
         base_seed: Seed of the first case.
         shape: Voxels (z, y, x) of each case.
         spacing: Voxel size (z, y, x) in mm.
-        n_lesions: Lesions per case (default: the generator's random count).
+        n_lesions: Lesions per case, or a ``[min, max]`` range drawn per case (default: the generator's range).
 
     Raises:
         ConfigError: Invalid counts, shape or spacing.
@@ -97,8 +97,16 @@ def discover_phantom(
         raise ConfigError(f"phantom shape must be three positive sizes (z, y, x), got {shape!r}")
     if len(spacing_t) != 3 or min(spacing_t) <= 0:
         raise ConfigError(f"phantom spacing must be three positive mm values (z, y, x), got {spacing!r}")
-    if n_lesions is not None and n_lesions < 0:
-        raise ConfigError(f"n_lesions must be >= 0, got {n_lesions}")
+    lesions: int | tuple[int, int] | None
+    if n_lesions is None or isinstance(n_lesions, int):
+        lesions = n_lesions
+    elif len(n_lesions) == 2 and all(isinstance(v, int) for v in n_lesions):
+        lesions = (int(n_lesions[0]), int(n_lesions[1]))
+    else:
+        raise ConfigError(f"n_lesions must be a count or a [min, max] pair of counts, got {n_lesions!r}")
+    counts = () if lesions is None else (lesions,) if isinstance(lesions, int) else lesions
+    if any(v < 0 for v in counts) or (isinstance(lesions, tuple) and lesions[0] > lesions[1]):
+        raise ConfigError(f"n_lesions must be >= 0 (and min <= max for a range), got {n_lesions!r}")
     width = max(3, len(str(n_cases - 1)))
     return [
         CaseRecord(
@@ -110,7 +118,7 @@ def discover_phantom(
                 seed=base_seed + i,
                 shape=(shape_t[0], shape_t[1], shape_t[2]),
                 spacing=(spacing_t[0], spacing_t[1], spacing_t[2]),
-                n_lesions=n_lesions,
+                n_lesions=lesions,
             ),
         )
         for i in range(n_cases)
