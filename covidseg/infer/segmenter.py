@@ -10,8 +10,11 @@ float16 or uint8.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +32,15 @@ from covidseg.infer.postprocess import postprocess
 from covidseg.infer.spec import InferenceSpec
 from covidseg.io.volume import CTVolume
 
-__all__ = ["PROBABILITY_DTYPES", "ModelInfo", "Prediction", "Segmenter", "argmax_classes", "resolve_device"]
+__all__ = [
+    "PROBABILITY_DTYPES",
+    "ModelInfo",
+    "Prediction",
+    "Segmenter",
+    "argmax_classes",
+    "release_freed_memory",
+    "resolve_device",
+]
 
 PROBABILITY_DTYPES = ("none", "float16", "uint8")
 """How the opacity probability is kept: not at all, as float16, or scaled to 0..255 as uint8."""
@@ -122,6 +133,28 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def release_freed_memory() -> bool:
+    """Return freed heap memory to the operating system (glibc ``malloc_trim``); a no-op elsewhere.
+
+    The network's activations are freed after every batch, but glibc keeps most of the freed heap mapped, so
+    the process would enter post-processing (whose temporaries peak at about 1 GB on a 512 x 512 x 300 scan)
+    still holding a few hundred MB it no longer uses. Returns whether memory could be trimmed.
+
+    Examples:
+        >>> isinstance(release_freed_memory(), bool)
+        True
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc (e.g. musl has no malloc_trim)
+        return False
 
 
 def argmax_classes(probs: torch.Tensor) -> torch.Tensor:
@@ -244,6 +277,7 @@ class Segmenter:
         spec = spec.with_overrides(precision=precision, skip_empty_slices=skip_empty_slices)
         model = build_model_from_checkpoint(checkpoint)
         del checkpoint
+        release_freed_memory()  # the loaded state dict was copied into the model
         info = ModelInfo(path=Path(path).resolve(), sha256=file_sha256(path), description=type(model).__name__)
         return cls(model, spec, device=device, channels_last=channels_last, batch_size=batch_size, info=info)
 
@@ -326,6 +360,7 @@ class Segmenter:
                     done += rows.stop - rows.start
                     if progress is not None:
                         progress(done, total)
+        release_freed_memory()
         timings["total"] = time.perf_counter() - start
         return Prediction(
             labels=labels,
