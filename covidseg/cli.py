@@ -486,6 +486,48 @@ def sweep(
         typer.echo(f"retrained: {again['metric']} {again['score']:.4f} in {again['run_dir']}")
 
 
+@command("export-bundle")
+def export_bundle_command(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint written by covidseg train (best.pt).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to create.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle folder.")] = False,
+    name: Annotated[str, typer.Option(help="Bundle name (metadata 'name').")] = "covidseg_lung_opacity",
+    version: Annotated[str, typer.Option(help="Bundle version, major.minor.patch.")] = "0.1.0",
+    authors: Annotated[str, typer.Option(help="Metadata 'authors'.")] = "covidseg developers",
+    copyright_text: Annotated[
+        str, typer.Option("--copyright", help="Metadata 'copyright'.")
+    ] = "Copyright (c) the covidseg developers and the model's trainers",
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Run verify_metadata (offline) and verify_net_in_out.")
+    ] = True,
+) -> None:
+    """Export a checkpoint as a MONAI bundle that gives the masks of covidseg predict without covidseg.
+
+    Writes configs/ (metadata.json, inference.json), models/ (model.pt, model.ts), scripts/ (covidseg's
+    post-processing), docs/README.md and LICENSE. Run it with: python -m monai.bundle run --config_file
+    configs/inference.json --meta_file configs/metadata.json --dataset_dir SCANS --output_dir MASKS
+
+    Example: covidseg export-bundle --model runs/l2sp/best.pt --out bundles/covidseg_lung_opacity
+    """
+    from covidseg.bundle.export import export_bundle
+    from covidseg.bundle.verify import verify_bundle
+
+    result = export_bundle(
+        model,
+        out_dir,
+        overwrite=overwrite,
+        name=name,
+        version=version,
+        authors=authors,
+        copyright_text=copyright_text,
+    )
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"bundle: {result.path} ({len(result.files)} files)")
+    if verify:
+        typer.echo(f"verified: {', '.join(verify_bundle(result.path))}")
+
+
 def main() -> None:
     """Entry point of the ``covidseg`` console script and ``python -m covidseg``."""
     app()
