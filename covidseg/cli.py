@@ -329,7 +329,7 @@ def predict(
     channels_last: Annotated[
         bool, typer.Option("--channels-last", help="Channels-last memory format (use with bf16 on CPU).")
     ] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Slices per network call.", min=1)] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Slices per network call.", min=1)] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     prob_map: Annotated[
         str, typer.Option("--prob-map", help="Also write the opacity probability: none, float16 or uint8 (0-255).")

@@ -177,7 +177,7 @@ def main() -> None:
     parser.add_argument("--slice-size", type=int, default=384, help="Network input size (random model only).")
     parser.add_argument("--model", type=Path, default=None, help="Checkpoint; default: random DenseUNet.")
     parser.add_argument("--configs", nargs="+", default=["fp32", "bf16_cl", "fast_bf16_cl"], choices=list(CONFIGS))
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--no-overview", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default).")
     parser.add_argument("--seed", type=int, default=0)
