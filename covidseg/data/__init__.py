@@ -1,0 +1,1 @@
+"""Data: preprocessing, dataset layouts and splits, the slice cache, training datasets, augmentation, the phantom."""
