@@ -126,6 +126,7 @@ def no_covidseg_env(tmp: Path) -> tuple[list[str], dict[str, str]]:
         "HOME": str(tmp),
         "PYTHONPATH": site_packages,
         "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
     }
