@@ -62,3 +62,33 @@ def test_agreement_detects_a_flipped_mask(scans, predicted):
     a = np.asarray(nib.load(predicted["RAS"]).dataobj)
     assert agreement(a, a[::-1]) < MIN_AGREEMENT
     assert agreement(a, np.roll(a, 2, axis=1)) < MIN_AGREEMENT
+
+
+def test_one_scan_from_another_folder(tmp_path, exported, scans, predicted):
+    """``--datalist`` names one file and ``--bundle_root`` the bundle, run from an unrelated folder."""
+    prefix, env = no_covidseg_env(tmp_path)
+    bundle = exported.path
+    result = run(
+        [
+            *prefix,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(bundle / "configs" / "inference.json"),
+            "--meta_file",
+            str(bundle / "configs" / "metadata.json"),
+            "--bundle_root",
+            str(bundle),
+            "--datalist",
+            f"['{scans['PSL']}']",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["psl_labels.nii.gz"]
+    a = np.asarray(nib.load(predicted["PSL"]).dataobj)
+    assert agreement(a, np.asarray(nib.load(tmp_path / "out" / "psl_labels.nii.gz").dataobj)) >= MIN_AGREEMENT
