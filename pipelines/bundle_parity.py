@@ -26,6 +26,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -88,7 +89,8 @@ def run_bundle(bundle: Path, scans: list[Path], out: Path) -> float:
 
 def compare(ours: Path, theirs: Path) -> dict[str, object]:
     """Agreement, label counts and affine difference of two label maps."""
-    a_img, b_img = nib.load(ours), nib.load(theirs)
+    a_img: Any = nib.load(ours)
+    b_img: Any = nib.load(theirs)
     a, b = np.asarray(a_img.dataobj), np.asarray(b_img.dataobj)
     if a.shape != b.shape:
         return {"same_shape": False, "shapes": [list(a.shape), list(b.shape)]}
