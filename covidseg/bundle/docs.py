@@ -151,6 +151,9 @@ python -m monai.bundle verify_metadata --meta_file configs/metadata.json --filep
 # the network's input and output shapes:
 python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json \\
     --config_file configs/inference.json
+# re-create models/model.ts from models/model.pt with MONAI's exporter (same network, configs embedded):
+python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt \\
+    --meta_file configs/metadata.json --config_file configs/inference.json
 ```
 
 ## Intended use and limits
