@@ -13,6 +13,13 @@ DenseUNet with random weights (seed 0, BatchNorm calibrated on the scan) at ``--
 is the same as a trained model's; its label maps (and so post-processing cost, bf16 agreement and the fast path's
 effect) are not those of a trained model.
 
+Measured on the 2-core development machine, shared with other jobs (random BN-calibrated weights, so label
+agreement and fast-path change are not those of a trained model): batch 8, machine idle at the start: fp32 146 s
+(network 135 s), bf16 + channels_last 42.3 s (network 31.7 s, 3.5x), non-network 10.6-11.1 s, peak RSS 2.0 GB
+(fp32) and 2.4 GB (bf16). Batch 2 with the heap returned after prediction: peak RSS 1.94 GB (fp32, bf16) and
+1.80 GB (fast path), but other jobs loaded the machine during that run (fp32 518 s, bf16 134 s: OpenMP threads
+waiting for busy cores), so its times say nothing about the code.
+
 Usage:
     python pipelines/bench_predict.py [--slices 300] [--size 512] [--model CKPT] [--slice-size 384]
         [--configs fp32 bf16_cl fast_bf16_cl] [--work DIR]
