@@ -2,12 +2,12 @@
 
 Each command imports its heavy modules (torch, MONAI, SimpleITK) inside its body, so ``covidseg --help`` is
 instant. Errors caused by user input (:class:`covidseg.errors.CovidsegError`) are printed as one line on stderr
-with exit code 2 and no traceback; anything else is a bug and keeps its traceback.
+with exit code 2 and no traceback; anything else is a bug and keeps its traceback. Shared options live in
+:mod:`covidseg.cli_common`, the training commands in :mod:`covidseg.cli_train`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +15,17 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from covidseg.errors import CovidsegError
-
-EXIT_USER_ERROR = 2
+from covidseg import cli_train
+from covidseg.cli_common import (
+    EXIT_USER_ERROR,
+    AllowNonCTOption,
+    AssumeHUOption,
+    ImageWindowOption,
+    OverwriteOption,
+    SeriesOption,
+    load_scan,
+    user_errors,
+)
 
 app = typer.Typer(
     name="covidseg",
@@ -34,27 +42,11 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fail(message: str) -> typer.Exit:
-    """Print ``error: message`` on one line to stderr and return the exit to raise."""
-    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
-    return typer.Exit(EXIT_USER_ERROR)
-
-
 def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
     """Register a CLI command whose user errors become one line on stderr and exit code 2."""
 
     def decorator(fn: F) -> F:
-        @functools.wraps(fn)
-        def wrapper(*a: Any, **k: Any) -> Any:
-            try:
-                return fn(*a, **k)
-            except CovidsegError as err:
-                raise _fail(str(err)) from None
-            except KeyboardInterrupt:
-                typer.echo("interrupted", err=True)
-                raise typer.Exit(130) from None
-
-        app.command(*args, **kwargs)(wrapper)
+        app.command(*args, **kwargs)(user_errors(fn))
         return fn
 
     return decorator
@@ -77,51 +69,6 @@ def _main_options(
     """Segment COVID-19 lung opacities in chest CT; fine-tune with transfer regularization."""
 
 
-# Options shared by every command that reads a scan.
-ImageWindowOption = Annotated[
-    tuple[float, float] | None,
-    typer.Option(
-        "--image-window",
-        help=(
-            "For 2-D PNG/JPEG slices only: the display window (LOW HIGH, in HU) the 8-bit image was saved with, "
-            "used to map 0..255 back to approximate HU. Default: a lung window, -1350 150."
-        ),
-        show_default=False,
-    ),
-]
-AssumeHUOption = Annotated[
-    bool, typer.Option("--assume-hu", help="Proceed even when the intensities do not look like Hounsfield units.")
-]
-AllowNonCTOption = Annotated[
-    bool, typer.Option("--allow-non-ct", help="Proceed even when the DICOM Modality is not CT.")
-]
-SeriesOption = Annotated[
-    str | None,
-    typer.Option(
-        "--series",
-        help="For a DICOM folder with several series: the SeriesInstanceUID to read (default: most slices).",
-        show_default=False,
-    ),
-]
-OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
-
-
-def _load(
-    scan: Path,
-    image_window: tuple[float, float] | None,
-    assume_hu: bool,
-    allow_non_ct: bool,
-    series: str | None = None,
-) -> Any:
-    """Load a scan as the library does and print the loader's warnings (one line each) on stderr."""
-    from covidseg.io import load_ct
-
-    volume = load_ct(scan, image_window=image_window, assume_hu=assume_hu, allow_non_ct=allow_non_ct, series_uid=series)
-    for warning in volume.source.warnings if volume.source is not None else []:
-        typer.echo(f"warning: {' '.join(str(warning).split())}", err=True)
-    return volume
-
-
 @command("info")
 def info(
     scan: Annotated[Path, typer.Argument(help="A NIfTI/MHA/MHD/NRRD file, a DICOM series folder or a 2-D PNG/JPEG.")],
@@ -137,7 +84,7 @@ def info(
     """
     from covidseg.io import describe
 
-    volume = _load(scan, image_window, assume_hu, allow_non_ct, series)
+    volume = load_scan(scan, image_window, assume_hu, allow_non_ct, series)
     facts = describe(volume)
     if as_json:
         typer.echo(json.dumps(facts, indent=2, default=str))
@@ -227,64 +174,12 @@ def preprocess(
     from covidseg.data.preview import write_preprocessed
 
     config = PreprocessConfig(window=window, slice_size=size)
-    volume = _load(scan, image_window, assume_hu, allow_non_ct, series)
+    volume = load_scan(scan, image_window, assume_hu, allow_non_ct, series)
     summary = write_preprocessed(volume, config, output, preview=preview, overwrite=overwrite)
     typer.echo(summary)
 
 
-@command("train")
-def train(
-    config: Annotated[
-        list[Path] | None,
-        typer.Option("--config", "-c", help="YAML config; repeat to combine (later files override earlier ones)."),
-    ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", "-s", help="Override one key, e.g. --set train.epochs=5. Repeat for several."),
-    ] = None,
-    source: Annotated[
-        Path | None,
-        typer.Option(
-            "--source", help="Source weights: ImageNet DenseNet121 file or covidseg checkpoint (source.path)."
-        ),
-    ] = None,
-    resume: Annotated[
-        Path | None,
-        typer.Option(
-            "--resume", help="Continue the run in this folder from its last.pt (its config.yaml is the base)."
-        ),
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines.")] = False,
-) -> None:
-    """Fine-tune the segmenter with a transfer penalty and strategy; writes checkpoints, metrics and logs.
-
-    Example: covidseg train -c configs/datasets/phantom.yaml -c configs/schemes/l2.yaml --set train.epochs=3
-    """
-    from rich.console import Console
-
-    from covidseg.config import load_config
-    from covidseg.train.trainer import CONFIG_NAME
-    from covidseg.train.trainer import train as run_training
-
-    sets = list(overrides or [])
-    if source is not None:
-        sets.append(f"source.path={source}")
-    files: list[Path] = list(config or [])
-    if resume is not None:
-        base = (resume if resume.is_dir() else resume.parent) / CONFIG_NAME
-        if not base.is_file():
-            from covidseg.errors import InputError
-
-            raise InputError(f"{resume} is not a covidseg run folder (no {CONFIG_NAME}); pass the folder train printed")
-        files = [base, *files]
-    run_config = load_config(files, sets)
-    result = run_training(run_config, resume=resume, console=None if quiet else Console(stderr=True))
-    typer.echo(f"run: {result.run_dir}")
-    if result.best_checkpoint is not None:
-        typer.echo(f"best validation {result.monitor}: {result.best_metric:.4f} (epoch {result.best_epoch})")
-    typer.echo(
-        f"checkpoints: {result.last_checkpoint}" + (f", {result.best_checkpoint}" if result.best_checkpoint else "")
-    )
+command("train")(cli_train.train)
 
 
 @command("demo")
@@ -399,91 +294,8 @@ def predict(
         raise typer.Exit(EXIT_USER_ERROR)
 
 
-@command("pretrain")
-def pretrain(
-    config: Annotated[
-        list[Path] | None,
-        typer.Option("--config", "-c", help="Pretrain YAML (tasks, ...); repeat to combine. See configs/pretrain/."),
-    ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", "-s", help="Override one key, e.g. --set train.epochs=5 or tasks.0.data.root=DIR."),
-    ] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Output source checkpoint (default: <run folder>/source.pt)."),
-    ] = None,
-    resume: Annotated[
-        Path | None, typer.Option("--resume", help="Continue the pretrain run in this folder from its last.pt.")
-    ] = None,
-    overwrite: OverwriteOption = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines.")] = False,
-) -> None:
-    """Pre-train a source model: one shared encoder, one decoder per task, trained jointly on several datasets.
-
-    Example: covidseg pretrain -c configs/pretrain/phantom.yaml -o runs/source.pt
-    """
-    from rich.console import Console
-
-    from covidseg.config.pretrain import load_pretrain_config
-    from covidseg.train.pretrain import CONFIG_NAME
-    from covidseg.train.pretrain import pretrain as run_pretrain
-
-    files: list[Path] = list(config or [])
-    if resume is not None:
-        base = (resume if resume.is_dir() else resume.parent) / CONFIG_NAME
-        if not base.is_file():
-            from covidseg.errors import InputError
-
-            raise InputError(f"{resume} is not a pretrain run folder (no {CONFIG_NAME}); pass the folder it printed")
-        files = [base, *files]
-    if not files:
-        from covidseg.errors import ConfigError
-
-        raise ConfigError("covidseg pretrain needs --config FILE (see configs/pretrain/) or --resume RUN_DIR")
-    cfg = load_pretrain_config(files, list(overrides or []))
-    result = run_pretrain(
-        cfg, output=output, overwrite=overwrite, resume=resume, console=None if quiet else Console(stderr=True)
-    )
-    typer.echo(f"run: {result.run_dir}")
-    typer.echo(f"best validation score (mean task dice_mean): {result.best_score:.4f} (epoch {result.best_epoch})")
-    typer.echo(f"source checkpoint: {result.source}")
-
-
-@command("sweep")
-def sweep(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Sweep YAML (base configs + grid); configs/sweep/.")],
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", "-s", help="Override a run-config key for every point, e.g. source.path=src.pt."),
-    ] = None,
-    out_dir: Annotated[Path | None, typer.Option("--output", "-o", help="Sweep folder (re-run to continue).")] = None,
-    retrain_epochs: Annotated[
-        int | None, typer.Option("--retrain-epochs", min=1, help="Retrain the best point with N epochs.")
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines.")] = False,
-) -> None:
-    """Grid-search the penalty strengths (λ0, α; fixed λ; λ'): short train runs ranked by validation score.
-
-    Example: covidseg sweep -c configs/sweep/l2sp_phantom.yaml --set source.path=runs/source.pt -o runs/sweep
-    """
-    from rich.console import Console
-
-    from covidseg.train.sweep import run_sweep
-
-    result = run_sweep(
-        config,
-        overrides=list(overrides or []),
-        out_dir=out_dir,
-        retrain_epochs=retrain_epochs,
-        console=None if quiet else Console(stderr=True),
-    )
-    best = result.best
-    typer.echo(f"table: {result.table_md} ({len(result.rows)} points)")
-    typer.echo(f"best: {best['point']} {best['metric']} {best['score']:.4f} in {best['run_dir']}")
-    if result.retrained is not None:
-        again = result.retrained
-        typer.echo(f"retrained: {again['metric']} {again['score']:.4f} in {again['run_dir']}")
+command("pretrain")(cli_train.pretrain)
+command("sweep")(cli_train.sweep)
 
 
 @command("export-bundle")
