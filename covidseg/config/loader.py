@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from covidseg.config.sections import RunConfig
 from covidseg.errors import ConfigError
 
-__all__ = ["apply_overrides", "load_config", "save_config"]
+__all__ = ["apply_overrides", "load_config", "merge_yaml_files", "save_config"]
 
 
 def _deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -118,6 +118,19 @@ def _section_for(loc: Sequence[Any]) -> type[BaseModel] | None:
     return model
 
 
+def merge_yaml_files(paths: Sequence[str | os.PathLike[str]], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Merge ``base`` and the YAML files in order (later keys override earlier ones) into one raw mapping.
+
+    Examples:
+        >>> merge_yaml_files([], base={"train": {"epochs": 3}})
+        {'train': {'epochs': 3}}
+    """
+    data: dict[str, Any] = _deep_merge({}, base or {})
+    for path in paths:
+        data = _deep_merge(data, _read_yaml(Path(path)))
+    return data
+
+
 def load_config(
     paths: Sequence[str | os.PathLike[str]] = (),
     overrides: Iterable[str] = (),
@@ -143,10 +156,7 @@ def load_config(
         ...
         covidseg.errors.ConfigError: invalid config: unknown key 'train.epoch'; allowed keys: [...]
     """
-    data: dict[str, Any] = _deep_merge({}, base or {})
-    for path in paths:
-        data = _deep_merge(data, _read_yaml(Path(path)))
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(merge_yaml_files(paths, base), overrides)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -47,7 +47,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from covidseg.config.loader import _deep_merge, _read_yaml, apply_overrides
+from covidseg.config.loader import apply_overrides, merge_yaml_files
 from covidseg.config.sections import (
     DataSection,
     LossSection,
@@ -286,10 +286,7 @@ def load_pretrain_config(
         ...
         covidseg.errors.ConfigError: invalid pretrain config: tasks: List should have at least 1 item ...
     """
-    data: dict[str, Any] = _deep_merge({}, base or {})
-    for path in paths:
-        data = _deep_merge(data, _read_yaml(Path(path)))
-    data = _apply_indexed_overrides(data, list(overrides))
+    data = _apply_indexed_overrides(merge_yaml_files(paths, base), list(overrides))
     try:
         return PretrainConfig.model_validate(data)
     except ValidationError as exc:
