@@ -137,19 +137,23 @@ def evaluate_checkpoint(
         >>> import tempfile, pathlib
         >>> from covidseg.model import DenseUNet, UNetConfig, save_checkpoint
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
-        >>> cfg = load_config(overrides=["data.options={n_cases: 3, shape: [4, 64, 64]}", "data.val_fraction=0.34",
-        ...     "preprocess.slice_size=[64, 64]", f"output.root={tmp}", "model.decoder_channels=[8, 8, 8, 8, 8]"])
-        >>> unet = cfg.model.to_unet_config()
-        >>> ckpt = save_checkpoint(tmp / "m.pt", DenseUNet(unet), model_config=unet)
-        >>> cases = evaluate_checkpoint(ckpt, cfg, "val", device="cpu")
-        >>> len(cases), cases[0].n_slices, cases[0].volume_unit, cases[0].structures
-        (1, 4, 'mL', ('opacity', 'lung'))
+        >>> unet = UNetConfig(decoder_channels=(8, 8, 8, 8, 8))
+        >>> ckpt = save_checkpoint(tmp / "best.pt", DenseUNet(unet), model_config=unet)
+        >>> cfg = load_config(overrides=["data.options={n_cases: 3, shape: [2, 64, 64]}", "data.test_fraction=0"])
+        >>> evaluate_checkpoint(ckpt, cfg, "test", device="cpu")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        covidseg.errors.InputError: the config's split has no test cases; train with data.test_fraction > 0 ...
     """
     from covidseg.infer.segmenter import resolve_device
 
     setup = resolve_run_setup(config)
     cfg = setup.config
     class_names = P.check_classes(cfg)
+    scheme = scheme_from_class_names(class_names)
+    if split not in SUBSETS:
+        raise InputError(f"unknown split {split!r}; expected one of {list(SUBSETS)}")
+    dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)
     model_classes = tuple(ckpt["model_config"].get("class_names", ()))
     if model_classes != tuple(class_names):
@@ -157,11 +161,9 @@ def evaluate_checkpoint(
             f"{checkpoint} predicts classes {list(model_classes)} but the dataset labels {list(class_names)}; "
             "evaluate it on a dataset with the classes it was trained for"
         )
-    scheme = scheme_from_class_names(class_names)
     cases = P.prepare_cases(cfg)
     ids = _split_cases(setup, cases, split)
     by_id = {c.case_id: c for c in cases}
-    dev = resolve_device(device)
     amp = resolve_amp(precision, dev)
     model = build_model_from_checkpoint(ckpt).to(dev).eval()
     cache = SliceCache(cache_dir if cache_dir is not None else P.default_cache_root(cfg))
