@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from covidseg.cli_common import OverwriteOption
+from covidseg.cli_common import ImageWindowOption, OverwriteOption
 
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display or table.")]
 RefLabelsOption = Annotated[
@@ -219,3 +219,78 @@ def compare(
         with atomic_path(output, overwrite=overwrite) as tmp:
             tmp.write_text(text + "\n", encoding="utf-8")
     typer.echo(text)
+
+
+def figure_drift(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (best.pt, else last.pt) or checkpoints.")],
+    source: Annotated[Path, typer.Option("--source", help="The source weights the runs started from.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Figure file (.png, .pdf, .svg).")],
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="Legend label per run, in order (default: folder names).")
+    ] = None,
+    exclude_batchnorm: Annotated[
+        bool, typer.Option("--exclude-batchnorm", help="Conv weights only (leave BatchNorm weights out).")
+    ] = False,
+    title: Annotated[str, typer.Option(help="Plot title.")] = "Relative change of encoder weights per layer",
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Figure 1: per-layer relative drift of several fine-tuned runs from their source model, on one plot.
+
+    Example: covidseg figure-drift --source imagenet.pt runs/l2sp runs/layerwise -o figure1.png
+    """
+    from covidseg.evaluate.drift_figure import drift_figure
+
+    drift = drift_figure(
+        source, runs, output, labels=label, exclude_batchnorm=exclude_batchnorm, title=title, overwrite=overwrite
+    )
+    for name, rows in drift.items():
+        finite = [r.relative_drift for r in rows if r.relative_drift == r.relative_drift]
+        mean = sum(finite) / len(finite) if finite else float("nan")
+        typer.echo(f"{name}: {len(rows)} layers, mean relative drift {mean:.4g}")
+    typer.echo(f"figure: {output}")
+
+
+def figure_overlays(
+    predictions: Annotated[list[Path], typer.Argument(help="Predicted label maps of the same scan, one per run.")],
+    ref: Annotated[Path, typer.Option("--ref", help="Reference mask of the scan.")],
+    image: Annotated[Path, typer.Option("--image", help="The CT scan (or 2-D slice image) the masks belong to.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Figure file (.png, .pdf, .svg).")],
+    label: Annotated[list[str] | None, typer.Option("--label", help="Column label per prediction, in order.")] = None,
+    slices: Annotated[
+        str, typer.Option(help="auto (most reference opacity), disagreement (most FP + FN) or indices 10,20,30.")
+    ] = "auto",
+    n_slices: Annotated[int, typer.Option("--n-slices", min=1, help="Rows for auto / disagreement.")] = 3,
+    ref_labels: RefLabelsOption = "auto",
+    pred_labels: PredLabelsOption = "multiclass",
+    image_window: ImageWindowOption = None,
+    title: Annotated[str | None, typer.Option(help="Figure title.", show_default=False)] = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Figure 2: TP (green), FP (red), FN (yellow) opacity overlays of the same slices under several runs.
+
+    Rows are slices, columns are runs; each panel's title gives the run and that slice's Dice.
+
+    Example: covidseg figure-overlays --image ct.nii.gz --ref ct_ref.nii.gz a/ct_labels.nii.gz b/ct_labels.nii.gz
+    --label L2-SP --label layer-wise -o figure2.png
+    """
+    from covidseg.evaluate.labels import SCHEME_CHOICES
+    from covidseg.evaluate.overlays import overlay_figure_from_files, parse_slices
+
+    _check_choice(ref_labels, SCHEME_CHOICES, "--ref-labels")
+    _check_choice(pred_labels, SCHEME_CHOICES, "--pred-labels")
+    shown = overlay_figure_from_files(
+        image,
+        ref,
+        predictions,
+        parse_slices(slices),
+        output,
+        labels=label,
+        ref_labels=ref_labels,
+        pred_labels=pred_labels,
+        image_window=image_window,
+        n_slices=n_slices,
+        title=title,
+        overwrite=overwrite,
+    )
+    typer.echo(f"slices: {', '.join(str(k) for k in shown)}")
+    typer.echo(f"figure: {output}")
