@@ -301,7 +301,7 @@ def _format_errors(exc: ValidationError, file: Path) -> str:
 def _relative(value: Any, folder: Path) -> Any:
     """``folder / value`` for a relative path string; anything else (wrong types too) is left to validation."""
     if isinstance(value, str) and value and not Path(value).is_absolute():
-        return str(folder / value)
+        return os.path.normpath(folder / value)
     return value
 
 
