@@ -126,6 +126,10 @@ def prepare_cases(config: RunConfig) -> list[CaseRecord]:
 def make_splits(config: RunConfig, cases: list[CaseRecord], reuse: Path | None = None) -> Splits:
     """The case split of the run: ``reuse`` (a resumed run's file), ``data.splits``, k-fold or fractions.
 
+    ``data.val_fraction: 0`` (without folds or a splits file) trains on every case that is not held out for
+    testing and validates nothing: no early stopping, no ``best.pt``, ``last.pt`` is the model (the final
+    model of a study, trained on all labelled data with settings chosen by cross-validation).
+
     Raises:
         InputError: A splits file that does not fit the cases, or a split without training or validation cases.
     """
@@ -138,15 +142,12 @@ def make_splits(config: RunConfig, cases: list[CaseRecord], reuse: Path | None =
             data.fold
         )
     else:
-        if data.val_fraction <= 0:
-            raise ConfigError(
-                "data.val_fraction is 0: training validates every epoch and needs validation cases; set it > 0"
-            )
         train_fraction = 1.0 - data.val_fraction - data.test_fraction
         splits = split_cases(
             cases, fractions=(train_fraction, data.val_fraction, data.test_fraction), seed=data.split_seed
         )
-    if not splits.train or not splits.val:
+    no_validation_wanted = path is None and data.folds is None and data.val_fraction == 0
+    if not splits.train or (not splits.val and not no_validation_wanted):
         raise InputError(
             f"the split has {len(splits.train)} training and {len(splits.val)} validation case(s) out of "
             f"{len(cases)}; both need at least one (add cases or change data.val_fraction)"
@@ -186,14 +187,14 @@ class RunData:
         splits: The case split.
         train: Training slices (augmented), items with ``index``.
         train_plain: The same slices without augmentation (Fisher estimation).
-        val: Validation cases as whole stacks.
+        val: Validation cases as whole stacks (None when the run validates nothing).
         class_counts: Training-set pixels per class (before augmentation).
     """
 
     splits: Splits
     train: IndexedDataset
     train_plain: SliceDataset
-    val: CaseStackDataset
+    val: CaseStackDataset | None
     class_counts: np.ndarray
 
 
@@ -227,7 +228,7 @@ def build_datasets(
     transform = build_train_transform(augment, seed=config.train.seed)
     train = SliceDataset(train_cases, transform=transform, slice_filter=config.data.slice_filter)
     plain = SliceDataset(train_cases, slice_filter=config.data.slice_filter)
-    val = CaseStackDataset([cached[i] for i in prepared.splits.val])
+    val = CaseStackDataset([cached[i] for i in prepared.splits.val]) if prepared.splits.val else None
     counts = class_frequencies(train)
     return RunData(prepared.splits, IndexedDataset(train), plain, val, counts)
 

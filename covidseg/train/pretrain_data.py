@@ -117,9 +117,14 @@ def prepare_task(
         splits = P.make_splits(run_cfg, cases, reuse=reuse_splits)
     except InputError as exc:
         raise InputError(f"task {task.name!r}: {exc}") from None
+    if not splits.val:
+        raise InputError(
+            f"task {task.name!r} has no validation cases; pre-training validates every task (set val_fraction > 0)"
+        )
     if task.labels == DATASET_LABELS:
         data = P.build_datasets(run_cfg, P.PreparedData(cases, splits, classes), cache_root=cache_root)
         train: SliceDataset | P.IndexedDataset = data.train
+        assert data.val is not None  # splits.val is not empty (checked above)
         val, counts = data.val, data.class_counts
     else:
         by_id = {c.case_id: c for c in cases}

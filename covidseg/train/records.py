@@ -6,6 +6,9 @@
 ``val_dice_<class>`` of the foreground classes and ``val_dice_mean`` (empty in epochs without validation), and
 ``time_s`` (wall-clock seconds of the epoch, validation included). The rows live in the checkpoint too, and the
 file is rewritten atomically from them after every epoch, so a resumed run's file has exactly one row per epoch.
+
+``val_cases.csv`` holds the latest validation's scores per case (``epoch``, ``case_id`` and ``dice_``,
+``sensitivity_``, ``precision_`` of every foreground class), for per-case analyses and paired tests between runs.
 """
 
 from __future__ import annotations
@@ -21,10 +24,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from covidseg.io.atomic import atomic_path
+from covidseg.train.metrics import CaseScores
 
-__all__ = ["METRICS_NAME", "TrainLogger", "csv_columns", "make_progress", "write_metrics_csv"]
+__all__ = [
+    "METRICS_NAME",
+    "VAL_CASES_NAME",
+    "TrainLogger",
+    "csv_columns",
+    "make_progress",
+    "write_case_scores_csv",
+    "write_metrics_csv",
+]
 
 METRICS_NAME = "metrics.csv"
+VAL_CASES_NAME = "val_cases.csv"
 TENSORBOARD_DIR = "tensorboard"
 _BASE_COLUMNS = ("epoch", "step", "train_loss", "task_loss", "penalty", "extra_loss", "lr")
 
@@ -63,6 +76,32 @@ def write_metrics_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Se
         writer.writerow({key: _cell(row.get(key)) for key in columns})
     with atomic_path(path, overwrite=True) as tmp:
         tmp.write_text(buffer.getvalue())
+
+
+def write_case_scores_csv(path: Path, epoch: int, cases: Sequence[CaseScores], class_names: Sequence[str]) -> None:
+    """Write one row per case with its Dice, sensitivity and precision per foreground class (atomically).
+
+    Examples:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "v.csv"
+        >>> case = CaseScores("a", {"opacity": 0.5}, {"opacity": 1.0}, {"opacity": 0.25})
+        >>> write_case_scores_csv(p, 3, [case], ["background", "opacity"])
+        >>> p.read_text().splitlines()
+        ['epoch,case_id,dice_opacity,sensitivity_opacity,precision_opacity', '3,a,0.5,1.0,0.25']
+    """
+    foreground = list(class_names[1:])
+    columns = ["epoch", "case_id"]
+    for name in foreground:
+        columns += [f"dice_{name}", f"sensitivity_{name}", f"precision_{name}"]
+    rows = []
+    for case in cases:
+        row: dict[str, Any] = {"epoch": epoch, "case_id": case.case_id}
+        for name in foreground:
+            row[f"dice_{name}"] = case.dice.get(name)
+            row[f"sensitivity_{name}"] = case.sensitivity.get(name)
+            row[f"precision_{name}"] = case.precision.get(name)
+        rows.append(row)
+    write_metrics_csv(path, rows, columns)
 
 
 def make_progress(console: Console) -> Progress:

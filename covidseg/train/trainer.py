@@ -46,7 +46,7 @@ from covidseg.train import prepare as P
 from covidseg.train.loop import StepContext, train_epoch
 from covidseg.train.loss import SegmentationLoss, resolve_class_weights
 from covidseg.train.optim import build_optimizer, build_scheduler
-from covidseg.train.records import TrainLogger, make_progress
+from covidseg.train.records import VAL_CASES_NAME, TrainLogger, make_progress, write_case_scores_csv
 from covidseg.train.validation import DEFAULT_VAL_BATCH, validate
 from covidseg.transfer.fisher import save_fisher
 
@@ -197,7 +197,8 @@ def _train(
     data = P.build_datasets(cfg, prepared, cache_root=cache_root)
     if ctx.is_main:
         D.barrier(ctx)
-    say(f"cases: {len(splits.train)} train ({len(data.train)} slices), {len(splits.val)} validation")
+    validation = f"{len(splits.val)} validation" if splits.val else "no validation (data.val_fraction is 0)"
+    say(f"cases: {len(splits.train)} train ({len(data.train)} slices), {validation}")
     # 3. loss, model on device, Fisher, penalty, strategy, optimizer, schedule
     weights = resolve_class_weights(cfg.loss.class_weights, data.class_counts, len(class_names))
     criterion = SegmentationLoss(weights, cfg.loss.dice_weight).to(device)
@@ -292,7 +293,7 @@ def _train(
             stats = train_epoch(sc, loader, steps, on_step)
             metrics: dict[str, float] = {}
             improved = False
-            if (epoch + 1) % tcfg.val_every == 0 or epoch + 1 == tcfg.epochs:
+            if data.val is not None and ((epoch + 1) % tcfg.val_every == 0 or epoch + 1 == tcfg.epochs):
                 value = float("nan")
                 if ctx.is_main:
                     result = validate(
@@ -300,6 +301,7 @@ def _train(
                     )
                     metrics = result.metrics
                     value = metrics[tcfg.monitor]
+                    write_case_scores_csv(run_dir / VAL_CASES_NAME, epoch + 1, result.cases, class_names)
                 value = D.broadcast_float(value, ctx)
                 improved = value > state.best_metric
                 if improved:
