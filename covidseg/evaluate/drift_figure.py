@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from covidseg.errors import InputError
-from covidseg.model import DenseUNet, UNetConfig, build_model_from_checkpoint, encoder_param_layer, load_source
+from covidseg.model import DenseUNet, UNetConfig, encoder_param_layer, load_source
 from covidseg.model.checkpoint import load_checkpoint
 from covidseg.transfer.drift import LayerDrift, layer_drift, plot_drift
 from covidseg.transfer.penalties_base import batchnorm_param_names
@@ -95,17 +95,17 @@ def run_drift(
     """
     ckpt_path = resolve_run_checkpoint(checkpoint)
     ckpt = load_checkpoint(ckpt_path)
-    model = build_model_from_checkpoint(ckpt)
-    state = model.state_dict()
+    state = ckpt["state_dict"]
+    # The source, loaded into the run's architecture as training loaded it (names, conv0 channel adaptation).
     reference = DenseUNet(UNetConfig.from_dict(ckpt["model_config"]))
     adaptation = channel_adaptation or _channel_adaptation(ckpt_path)
     report = load_source(reference, source, channel_adaptation=adaptation)
     source_state = reference.state_dict()
     loaded = set(report.loaded)
-    layer_of = {name: index for name, index in encoder_param_layer(model).items() if name in loaded}
+    layer_of = {name: index for name, index in encoder_param_layer(reference).items() if name in loaded}
     if not layer_of:
         raise InputError(f"{source} provides no encoder tensor of {ckpt_path}'s model; pass the run's source file")
-    exclude = batchnorm_param_names(model) if exclude_batchnorm else set()
+    exclude = batchnorm_param_names(reference) if exclude_batchnorm else set()
     return layer_drift(state, {n: source_state[n] for n in loaded}, layer_of, exclude=exclude)
 
 
