@@ -19,11 +19,13 @@ RefLabelsOption = Annotated[
     typer.Option(
         "--ref-labels",
         help="Reference values: auto (255 -> binary, 2 -> multiclass, only 0/1 -> binary), binary (0 and 1 or "
-        "255 = opacity) or multiclass (0 background, 1 lung, 2 opacity).",
+        "255 = opacity), multiclass (0 background, 1 lung, 2 opacity) or nonzero (any non-zero value = opacity, "
+        "e.g. 1 ground glass, 2 consolidation).",
     ),
 ]
 PredLabelsOption = Annotated[
-    str, typer.Option("--pred-labels", help="Prediction values: multiclass (covidseg predict), binary or auto.")
+    str,
+    typer.Option("--pred-labels", help="Prediction values (choices as --ref-labels); multiclass as covidseg predict."),
 ]
 
 

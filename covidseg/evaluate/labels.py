@@ -5,7 +5,9 @@ opacity) and :data:`ROLE_OPACITY` (2, ground glass and consolidation). A :class:
 file stores to these roles:
 
 * ``multiclass``: 0 background, 1 lung, 2 opacity (what ``covidseg predict`` writes, and the paper's labels);
-* ``binary``: infection masks, 0 background and 1 or 255 opacity; such a reference has no lung.
+* ``binary``: infection masks, 0 background and 1 or 255 opacity; such a reference has no lung;
+* ``nonzero``: 0 background, any other value opacity, for masks that split opacity into sub-classes (MedSeg's
+  multi-class masks: 1 ground glass, 2 consolidation). ``auto`` never chooses it: pass it.
 
 ``auto`` decides from every value the reference files hold together (not file by file, so that a lung-only case
 of a multi-class set is not taken for a binary mask): 255 means binary, 2 means multi-class, and a set that only
@@ -31,6 +33,7 @@ __all__ = [
     "BINARY",
     "LABEL_SCHEMES",
     "MULTICLASS",
+    "NONZERO",
     "OPACITY_CLASS_NAMES",
     "ROLE_BACKGROUND",
     "ROLE_LUNG",
@@ -55,7 +58,8 @@ OPACITY_CLASS_NAMES = frozenset({"opacity", "ground_glass", "consolidation", "in
 """Model/dataset class names evaluated as opacity."""
 BINARY_VALUES = frozenset({0, 1, 255})
 MULTICLASS_VALUES = frozenset({0, 1, 2})
-SCHEME_CHOICES = ("auto", "binary", "multiclass")
+SCHEME_CHOICES = ("auto", "binary", "multiclass", "nonzero")
+MAX_VALUE = 255
 """Values of the ``--ref-labels`` / ``--pred-labels`` options."""
 _MAX_SHOWN = 8
 
@@ -68,6 +72,7 @@ class LabelScheme:
         name: ``"binary"``, ``"multiclass"`` or ``"classes"`` (built from a model's class names).
         value_roles: ``((stored value, role), ...)``; any other value is an error.
         has_lung: Whether the scheme labels lung (only then lung scores are computed).
+        description: How :meth:`describe` shows the values (default: listed by role).
 
     Examples:
         >>> MULTICLASS.role_of(2), BINARY.role_of(255), BINARY.has_lung
@@ -77,6 +82,7 @@ class LabelScheme:
     name: str
     value_roles: tuple[tuple[int, int], ...]
     has_lung: bool
+    description: str = ""
 
     @property
     def values(self) -> frozenset[int]:
@@ -97,6 +103,8 @@ class LabelScheme:
             >>> MULTICLASS.describe()
             'multiclass (0 background, 1 lung, 2 opacity)'
         """
+        if self.description:
+            return f"{self.name} ({self.description})"
         by_role: dict[int, list[str]] = {}
         for value, role in self.value_roles:
             by_role.setdefault(role, []).append(str(value))
@@ -108,7 +116,14 @@ MULTICLASS = LabelScheme("multiclass", ((0, ROLE_BACKGROUND), (1, ROLE_LUNG), (2
 """0 background, 1 lung, 2 opacity."""
 BINARY = LabelScheme("binary", ((0, ROLE_BACKGROUND), (1, ROLE_OPACITY), (255, ROLE_OPACITY)), has_lung=False)
 """Infection masks: 0 background, 1 or 255 opacity."""
-LABEL_SCHEMES: dict[str, LabelScheme] = {"binary": BINARY, "multiclass": MULTICLASS}
+NONZERO = LabelScheme(
+    "nonzero",
+    tuple((v, ROLE_BACKGROUND if v == 0 else ROLE_OPACITY) for v in range(MAX_VALUE + 1)),
+    has_lung=False,
+    description="0 background, any other value opacity",
+)
+"""Opacity sub-classes merged: 0 background, every other value opacity (e.g. 1 ground glass, 2 consolidation)."""
+LABEL_SCHEMES: dict[str, LabelScheme] = {"binary": BINARY, "multiclass": MULTICLASS, "nonzero": NONZERO}
 """Scheme name -> scheme (``auto`` is resolved by :func:`resolve_scheme`)."""
 
 
@@ -157,7 +172,7 @@ def resolve_scheme(option: str, values: Collection[int], side: str = "reference"
     if unknown:
         raise InputError(
             f"{side} label maps hold values {_shown(unknown)}, which {scheme.describe()} label maps do not have; "
-            f"pass the right --{'ref' if side == 'reference' else 'pred'}-labels (auto, binary or multiclass)"
+            f"pass the right --{'ref' if side == 'reference' else 'pred'}-labels ({', '.join(SCHEME_CHOICES)})"
         )
     return scheme
 

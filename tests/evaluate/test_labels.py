@@ -42,6 +42,13 @@ def test_explicit_schemes_refuse_foreign_values() -> None:
         resolve_scheme("rgb", {0})
 
 
+def test_nonzero_scheme_merges_opacity_subclasses() -> None:
+    scheme = resolve_scheme("nonzero", {0, 1, 2})
+    assert [scheme.role_of(v) for v in (0, 1, 2, 255)] == [ROLE_BACKGROUND, ROLE_OPACITY, ROLE_OPACITY, ROLE_OPACITY]
+    assert scheme.describe() == "nonzero (0 background, any other value opacity)"
+    assert resolve_scheme("auto", {0, 1, 2}).name == "multiclass"  # never chosen by auto
+
+
 def test_roles_of_class_names() -> None:
     scheme = scheme_from_class_names(("background", "ground_glass", "consolidation"))
     assert [scheme.role_of(i) for i in range(3)] == [ROLE_BACKGROUND, ROLE_OPACITY, ROLE_OPACITY]
