@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             console=console,
         )
     except CovidsegError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
     console.print(result.markdown, markup=False, highlight=False)
     console.print(f"wall time {result.wall_s:.0f} s")

@@ -200,6 +200,23 @@ def _flatten(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config without ``data.splits`` (a cell may name the shared file or its own copy)."""
+    plain: dict[str, Any] = json.loads(json.dumps(config))
+    plain.get("data", {}).pop("splits", None)
+    return plain
+
+
+def _check_settings(config: RunConfig, run_dir: Path) -> None:
+    """Refuse a cell folder whose saved config differs from what the preset asks for now."""
+    saved = run_dir / "config.yaml"
+    if saved.is_file() and _comparable(yaml.safe_load(saved.read_text()) or {}) != _comparable(config.to_yaml_dict()):
+        raise ConfigError(
+            f"{run_dir} was trained with other settings than this preset asks for; "
+            "use another --out, or --overwrite to start again"
+        )
+
+
 def _run_cell(cell: Cell, config: RunConfig, label: str, console: Console | None) -> dict[str, Any]:
     """Train (or resume, or skip) and evaluate one cell; returns its result record."""
     from covidseg.evaluate.checkpoint_eval import evaluate_checkpoint
@@ -207,8 +224,9 @@ def _run_cell(cell: Cell, config: RunConfig, label: str, console: Console | None
     from covidseg.train.sweep import _train_point  # the sweep's train/resume/skip of one run folder
 
     run_dir = Path(config.output.root) / str(config.output.name)
+    _check_settings(config, run_dir)
     start = time.perf_counter()
-    record = _train_point(config, run_dir, console)  # checks the saved config against this one
+    record = _train_point(config, run_dir, console)  # trains, resumes from last.pt, or skips a finished run
     result_file = run_dir / CELL_RESULT_NAME
     if result_file.is_file():
         return dict(json.loads(result_file.read_text()), skipped=True)

@@ -175,5 +175,5 @@ def test_unknown_cell_and_missing_or_broken_files(tmp_path: Path) -> None:
 
 def test_a_bad_run_config_override_fails_at_cell_config(tmp_path: Path) -> None:
     spec = load_table1_spec(_write(tmp_path, _minimal(set=["train.epoch=1"])))
-    with pytest.raises(ConfigError, match="unknown key 'train.epoch'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.epoch'"):
         cell_config(spec, expand_cells(spec)[0], source=None, out=tmp_path)
