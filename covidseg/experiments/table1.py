@@ -40,7 +40,7 @@ from rich.console import Console
 from covidseg.config import RunConfig, load_config
 from covidseg.errors import ConfigError, InputError, OutputExistsError
 from covidseg.experiments.table1_report import format_table1, write_results_csv, write_table1_md
-from covidseg.experiments.table1_sources import STAND_IN_NAME, prepare_sources
+from covidseg.experiments.table1_sources import STAND_IN_NAME, check_sources, prepare_sources
 from covidseg.experiments.table1_spec import ROW_LABELS, Column, Table1Spec, expand_columns, load_table1_spec
 from covidseg.io.atomic import atomic_path
 
@@ -153,6 +153,11 @@ def cell_config(spec: Table1Spec, cell: Cell, *, source: Path | None, out: Path)
     if config.data.cache_dir is None:
         extra.append(f"data.cache_dir={json.dumps(str(out / 'cache'))}")
     return load_config(base=config.to_yaml_dict(), overrides=extra) if extra else config
+
+
+def _stand_in_source(cell: Cell) -> Path | None:
+    """A source path for checking a cell's config before its source exists (the file is not read)."""
+    return None if cell.row == "none" else _PLACEHOLDER_SOURCE
 
 
 def _shared_splits(config: RunConfig, out: Path) -> tuple[Path, tuple[str, ...]]:
@@ -320,11 +325,12 @@ def run_table1(
     columns = [c for c in expand_columns(spec.grid) if any(f"{r}__{c.column_id}" in used for r in spec.grid.rows)]
     rows = [r for r in spec.grid.rows if any(c.row == r for c in cells)]
     for cell in cells:  # every cell's config is valid before anything is written or trained
-        cell_config(spec, cell, source=None if cell.row == "none" else _PLACEHOLDER_SOURCE, out=out)
+        cell_config(spec, cell, source=_stand_in_source(cell), out=out)
+    check_sources(spec, out, rows=rows)  # files exist, pretrain configs are valid
     _prepare_folder(out, overwrite)
     with atomic_path(out / SPEC_NAME, overwrite=True) as tmp:
         tmp.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
-    first = cell_config(spec, cells[0], source=None, out=out)
+    first = cell_config(spec, cells[0], source=_stand_in_source(cells[0]), out=out)
     splits_file, test_ids = _shared_splits(first, out)
     say(f"[bold]{spec.title}[/]: {len(cells)} cells, test cases {list(test_ids)} ({splits_file})")
     sources = prepare_sources(spec, out, rows=rows, console=console)

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ __all__ = [
     "IMAGENET_CLASSES",
     "SOURCES_DIR",
     "STAND_IN_NAME",
+    "SourcePlan",
+    "check_sources",
     "prepare_sources",
     "pretrain_source_config",
     "torchvision_densenet121_state",
@@ -161,49 +164,81 @@ def _existing(path: Path, what: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class SourcePlan:
+    """What :func:`prepare_sources` will use or build, checked before anything is written.
+
+    Attributes:
+        rows: The rows to prepare.
+        imagenet: The ImageNet file (given, or where the stand-in goes), None when no row needs it.
+        pretrain: Row -> pretrain config of the sources to build.
+    """
+
+    rows: tuple[str, ...]
+    imagenet: Path | None
+    pretrain: dict[str, PretrainConfig]
+
+
+def check_sources(spec: Table1Spec, out: Path, *, rows: Sequence[str] | None = None) -> SourcePlan:
+    """Check the sources of ``rows`` (default ``spec.grid.rows``) without writing: files exist, configs are valid.
+
+    Raises:
+        ConfigError: An invalid pretrain config.
+        InputError: A source file that does not exist.
+
+    Examples:
+        >>> spec = Table1Spec.model_validate({"base": ["b.yaml"], "schemes": {"zero": "z", "fixed": "f",
+        ...     "layerwise": "l"}, "sources": {"imagenet": {"stand_in": True}}, "grid": {"rows": ["imagenet"]}})
+        >>> check_sources(spec, Path("out")).imagenet
+        PosixPath('out/sources/imagenet-stand-in.pth')
+    """
+    chosen = tuple(spec.grid.rows if rows is None else rows)
+    imagenet: Path | None = None
+    both = spec.sources.imagenet_medicalnet
+    built_both = "imagenet_medicalnet" in chosen and both is not None and bool(both.pretrain)
+    if ("imagenet" in chosen or built_both) and spec.sources.imagenet is not None:
+        given = spec.sources.imagenet.path
+        imagenet = _existing(given, "ImageNet file") if given is not None else out / SOURCES_DIR / STAND_IN_NAME
+    configs: dict[str, PretrainConfig] = {}
+    for row in ("medicalnet", "imagenet_medicalnet"):
+        source = getattr(spec.sources, row)
+        if row not in chosen or source is None:
+            continue
+        if source.pretrain:
+            init = imagenet if row == "imagenet_medicalnet" else None
+            configs[row] = pretrain_source_config(source, out, row, imagenet=init)
+        else:
+            _existing(source.path, f"{row} source")
+    return SourcePlan(chosen, imagenet, configs)
+
+
 def prepare_sources(
     spec: Table1Spec, out: Path, *, rows: Sequence[str] | None = None, console: Console | None = None
 ) -> dict[str, Path | None]:
     """The source file of every row (default ``spec.grid.rows``; None for "no pre-training"), built where needed.
 
-    Pretrain configs are all validated before anything is trained or written.
+    Everything :func:`check_sources` checks is checked before anything is written or trained.
 
     Raises:
         ConfigError: An invalid pretrain config, or a source folder built with other settings.
         InputError: A source file that does not exist.
     """
     say: Callable[[str], None] = console.print if console is not None else (lambda *_: None)
-    rows = list(spec.grid.rows if rows is None else rows)
-    folder = out / SOURCES_DIR
-    imagenet: Path | None = None
-    both = spec.sources.imagenet_medicalnet
-    needs_imagenet = "imagenet" in rows or ("imagenet_medicalnet" in rows and both is not None and bool(both.pretrain))
-    if needs_imagenet and spec.sources.imagenet is not None:
-        given = spec.sources.imagenet.path
-        imagenet = _existing(given, "ImageNet file") if given is not None else folder / STAND_IN_NAME
-    configs: dict[str, PretrainConfig] = {}
-    for row in ("medicalnet", "imagenet_medicalnet"):
-        source = getattr(spec.sources, row)
-        if row in rows and source is not None and source.pretrain:
-            init = imagenet if row == "imagenet_medicalnet" else None
-            configs[row] = pretrain_source_config(source, out, row, imagenet=init)
-    for row in ("medicalnet", "imagenet_medicalnet"):
-        source = getattr(spec.sources, row)
-        if row in rows and source is not None and source.path is not None:
-            _existing(source.path, f"{row} source")
-    found: dict[str, Path | None] = {}
+    plan = check_sources(spec, out, rows=rows)
+    imagenet = plan.imagenet
     stand_in = spec.sources.imagenet is not None and spec.sources.imagenet.stand_in
     if imagenet is not None and stand_in and not imagenet.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
+        imagenet.parent.mkdir(parents=True, exist_ok=True)
         write_imagenet_stand_in(imagenet)
         say(f"ImageNet stand-in (random weights in torchvision's layout, not ImageNet): {imagenet}")
-    for row in rows:
+    found: dict[str, Path | None] = {}
+    for row in plan.rows:
         if row == "none":
             found[row] = None
         elif row == "imagenet":
             found[row] = imagenet
-        elif row in configs:
-            found[row] = _build_pretrained(configs[row], folder / f"{row}.pt", say, console)
+        elif row in plan.pretrain:
+            found[row] = _build_pretrained(plan.pretrain[row], out / SOURCES_DIR / f"{row}.pt", say, console)
         else:
             found[row] = getattr(spec.sources, row).path
     return found

@@ -107,3 +107,14 @@ def test_a_source_folder_built_with_other_settings_is_refused(tmp_path: Path) ->
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"tasks": [], "train": {"epochs": 99}}))
     with pytest.raises(ConfigError, match="pre-trained with other settings than this preset asks for"):
         prepare_sources(spec, tmp_path / "out")
+
+
+def test_run_stops_at_a_missing_source_before_any_training(tmp_path: Path) -> None:
+    from covidseg.experiments.table1 import run_table1
+
+    preset = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "table1_phantom.yaml"
+    missing = tmp_path / "densenet121.pth"
+    overrides = [f"sources.imagenet={{path: {missing}}}", "grid.cells=[imagenet__l2sp-5]"]
+    with pytest.raises(InputError, match=r"ImageNet file .*densenet121\.pth does not exist"):
+        run_table1(preset, tmp_path / "out", overrides=overrides)
+    assert not (tmp_path / "out").exists()
