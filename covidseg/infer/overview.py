@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from covidseg.errors import InputError
-from covidseg.infer.masks import bounding_box
+from covidseg.infer.masks import Box, bounding_box
+from covidseg.infer.postprocess import LABEL_OPACITY
 from covidseg.io.atomic import atomic_path
 from covidseg.io.images import LUNG_WINDOW
 
@@ -44,6 +46,32 @@ CROP_MARGIN_MM = 15.0
 _PANEL_INCHES = 2.6
 
 
+@dataclass(frozen=True)
+class _Profiles:
+    """Lung and opacity voxel counts per axial slice (z) and per coronal row (y), and the lungs' bounding box."""
+
+    lung_z: np.ndarray
+    opac_z: np.ndarray
+    lung_y: np.ndarray
+    opac_y: np.ndarray
+    box: Box | None
+
+
+def _profiles(labels: np.ndarray) -> _Profiles:
+    """Count lung (label > 0) and opacity (label 2) voxels per z and per y, on the lungs' bounding box only."""
+    n_z, n_y = labels.shape[:2]
+    lung_z, opac_z = np.zeros(n_z, dtype=np.int64), np.zeros(n_z, dtype=np.int64)
+    lung_y, opac_y = np.zeros(n_y, dtype=np.int64), np.zeros(n_y, dtype=np.int64)
+    box = bounding_box(labels > 0)
+    if box is not None:
+        crop = labels[box]
+        lung_zy = (crop > 0).sum(axis=2, dtype=np.int64)
+        opac_zy = (crop == LABEL_OPACITY).sum(axis=2, dtype=np.int64)
+        lung_z[box[0]], opac_z[box[0]] = lung_zy.sum(axis=1), opac_zy.sum(axis=1)
+        lung_y[box[1]], opac_y[box[1]] = lung_zy.sum(axis=0), opac_zy.sum(axis=0)
+    return _Profiles(lung_z, opac_z, lung_y, opac_y, box)
+
+
 def choose_axial_slices(labels: np.ndarray, n: int) -> list[int]:
     """Pick ``n`` axial slices: the lungs' z range in ``n`` equal parts, from each the slice with most opacity.
 
@@ -59,13 +87,16 @@ def choose_axial_slices(labels: np.ndarray, n: int) -> list[int]:
         >>> choose_axial_slices(np.zeros((10, 2, 2), np.uint8), 3)
         [1, 5, 8]
     """
-    n_z = labels.shape[0]
+    return _choose_axial(_profiles(labels), n)
+
+
+def _choose_axial(profiles: _Profiles, n: int) -> list[int]:
+    lung_z, opac_z = profiles.lung_z, profiles.opac_z
+    n_z = lung_z.size
     n = max(1, min(int(n), n_z))
-    lung_z = np.count_nonzero(labels > 0, axis=(1, 2))
     present = np.flatnonzero(lung_z)
     if present.size == 0:
         return sorted({int(v) for v in np.floor((np.arange(n) + 0.5) * n_z / n)})
-    opac_z = np.count_nonzero(labels == 2, axis=(1, 2))
     edges = np.linspace(present[0], present[-1] + 1, n + 1)
     chosen: list[int] = []
     for lo, hi in itertools.pairwise(edges):
@@ -78,27 +109,30 @@ def choose_axial_slices(labels: np.ndarray, n: int) -> list[int]:
     return sorted(chosen)
 
 
-def _coronal_row(labels: np.ndarray) -> int:
+def _coronal_row(profiles: _Profiles) -> int:
     """Row (y) of the coronal view: through wide parts of the lungs, where the opacity is.
 
     Among rows with at least ``CORONAL_MIN_LUNG_FRACTION`` of the widest lung cross-section, the one with the
     most opacity (else the widest); the middle row without lungs.
     """
-    lung_y = np.count_nonzero(labels > 0, axis=(0, 2))
+    lung_y = profiles.lung_y
     if not lung_y.any():
-        return labels.shape[1] // 2
+        return lung_y.size // 2
     wide = lung_y >= CORONAL_MIN_LUNG_FRACTION * lung_y.max()
-    opac_y = np.where(wide, np.count_nonzero(labels == 2, axis=(0, 2)), -1)
+    opac_y = np.where(wide, profiles.opac_y, -1)
     return int(np.argmax(opac_y)) if opac_y.max() > 0 else int(np.argmax(lung_y))
 
 
-def _display_box(labels: np.ndarray, spacing: Sequence[float]) -> tuple[slice, slice]:
+def _display_box(profiles: _Profiles, shape: Sequence[int], spacing: Sequence[float]) -> tuple[slice, slice]:
     """In-plane (y, x) crop around the lungs with a margin, or the whole slice without lungs."""
-    margin = (0, int(CROP_MARGIN_MM / spacing[1]), int(CROP_MARGIN_MM / spacing[2]))
-    box = bounding_box(labels > 0, margin=margin)
-    if box is None:
-        return slice(0, labels.shape[1]), slice(0, labels.shape[2])
-    return box[1], box[2]
+    if profiles.box is None:
+        return slice(0, shape[1]), slice(0, shape[2])
+    margins = (int(CROP_MARGIN_MM / spacing[1]), int(CROP_MARGIN_MM / spacing[2]))
+    y, x = (
+        slice(max(s.start - m, 0), min(s.stop + m, int(size)))
+        for s, m, size in zip(profiles.box[1:], margins, shape[1:], strict=True)
+    )
+    return y, x
 
 
 def _overlay(ax: Axes, image: np.ndarray, lab: np.ndarray, aspect: float) -> None:
@@ -173,11 +207,11 @@ def save_overview(
     if hu_arr.ndim != 3 or hu_arr.shape != lab.shape:
         raise InputError(f"hu and labels must be (Z, Y, X) of one shape, got {hu_arr.shape} and {lab.shape}")
     sz, sy, sx = (float(s) for s in spacing)
-    rows_yx = _display_box(lab, (sz, sy, sx))
-    axial = choose_axial_slices(lab, n_axial)
-    opac_z = np.count_nonzero(lab == 2, axis=(1, 2))
-    lung_z = np.count_nonzero(lab > 0, axis=(1, 2))
-    y_cor = _coronal_row(lab)
+    profiles = _profiles(lab)
+    rows_yx = _display_box(profiles, lab.shape, (sz, sy, sx))
+    axial = _choose_axial(profiles, n_axial)
+    opac_z, lung_z = profiles.opac_z, profiles.lung_z
+    y_cor = _coronal_row(profiles)
 
     n_cols = int(np.ceil(len(axial) / 2)) if len(axial) > 3 else len(axial)
     n_rows = int(np.ceil(len(axial) / n_cols))

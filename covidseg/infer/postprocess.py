@@ -27,6 +27,7 @@ import numpy as np
 from covidseg.errors import ConfigError, InputError
 from covidseg.infer.lungmask import classical_lung_mask
 from covidseg.infer.masks import (
+    bounding_box,
     fill_holes,
     keep_largest_components,
     morphology,
@@ -251,15 +252,20 @@ def postprocess(
     i_lung = _class_index(class_names, "lung")
     if i_opacity is None or _class_index(class_names, "background") is None:
         raise ConfigError(f"class_names must include 'background' and 'opacity', got {list(class_names)}")
-    opacity = labels == i_opacity
-
     source = cfg.lung_mask_source
     if source == "auto":
         source = "model" if i_lung is not None else "hu"
+    out = np.zeros(labels.shape, dtype=np.uint8)
     if source == "model":
         if i_lung is None:
             raise ConfigError(f"lung_mask_source='model' needs a 'lung' class; the model has {list(class_names)}")
-        lung = labels == i_lung
+        # Everything below happens on the bounding box of lung + opacity: often a quarter of the scan.
+        box = bounding_box(_foreground(labels, class_names, i_lung, i_opacity))
+        if box is None:
+            return out
+        crop = labels[box]
+        opacity = crop == i_opacity
+        lung = crop == i_lung
     else:
         if hu is None:
             raise InputError(
@@ -268,7 +274,12 @@ def postprocess(
             )
         if np.shape(hu) != labels.shape:
             raise InputError(f"hu shape {np.shape(hu)} differs from the label shape {labels.shape}")
-        lung = classical_lung_mask(np.asarray(hu), spacing_t)
+        full_opacity = labels == i_opacity
+        full_lung = classical_lung_mask(np.asarray(hu), spacing_t) | full_opacity
+        box = bounding_box(full_lung)
+        if box is None:
+            return out
+        opacity, lung = full_opacity[box], full_lung[box]
     lung |= opacity
 
     voxel_ml = voxel_volume_ml(spacing_t)
@@ -281,6 +292,8 @@ def postprocess(
             max_hole = int(cfg.max_hole_mm2 / (spacing_t[1] * spacing_t[2]))
         lung = fill_holes(lung, cfg.fill_holes_mode, max_hole)
 
+    # The masks functions treat everything outside the box as background, as it is: the box holds every voxel
+    # of lung and opacity, and opening/closing pad it themselves (closing never leaves a set's bounding box).
     if cfg.remove_opacity_outside_lung:
         opacity &= lung
     if cfg.opening_mm > 0:
@@ -292,6 +305,15 @@ def postprocess(
     if cfg.min_lesion_ml > 0:
         opacity = remove_small_components(opacity, int(np.ceil(cfg.min_lesion_ml / voxel_ml)))
 
-    out = lung.view(np.uint8).copy()  # bool -> 0/1 without arithmetic
-    out[opacity] = LABEL_OPACITY
+    out_box = out[box]
+    out_box[...] = lung.view(np.uint8)  # bool -> 0/1 without arithmetic
+    np.copyto(out_box, np.uint8(LABEL_OPACITY), where=opacity)
     return out
+
+
+def _foreground(labels: np.ndarray, class_names: Sequence[str], i_lung: int, i_opacity: int) -> np.ndarray:
+    """Boolean mask of the voxels labelled lung or opacity (one comparison when those are all non-background)."""
+    names = [str(n).lower() for n in class_names]
+    if len(set(names)) == len(names) and set(names) <= {"background", "lung", "opacity"}:
+        return np.not_equal(labels, names.index("background"))
+    return (labels == i_lung) | (labels == i_opacity)

@@ -30,7 +30,8 @@ from scipy import ndimage as ndi
 
 from covidseg.errors import InputError
 from covidseg.infer.lungmask import HU_BODY, body_midline_x, split_sides
-from covidseg.infer.masks import bounding_box, voxel_volume_ml
+from covidseg.infer.masks import Box, bounding_box, voxel_volume_ml
+from covidseg.infer.postprocess import LABEL_OPACITY
 from covidseg.io.atomic import atomic_path
 
 __all__ = [
@@ -107,13 +108,12 @@ def _x_centroid(mask: np.ndarray) -> float:
     return float(np.dot(profile, np.arange(profile.size)) / profile.sum())
 
 
-def _midline(lung: np.ndarray, hu: np.ndarray | None) -> tuple[float, str]:
-    """The x index of the patient midline and how it was found."""
+def _midline(lung: np.ndarray, box: Box | None, hu: np.ndarray | None) -> tuple[float, str]:
+    """The x index of the patient midline and how it was found (``box``: the lung mask's bounding box)."""
     if hu is not None:
         if np.shape(hu) != lung.shape:
             raise InputError(f"hu shape {np.shape(hu)} differs from the label shape {lung.shape}")
         return body_midline_x(np.asarray(hu) > HU_BODY), "body centre of mass"
-    box = bounding_box(lung)
     if box is not None:
         labels, n = ndi.label(lung[box])
         if n >= 2:
@@ -123,6 +123,37 @@ def _midline(lung: np.ndarray, hu: np.ndarray | None) -> tuple[float, str]:
                 centres = [box[2].start + _x_centroid(labels == k) for k in (int(first), int(second))]
                 return float(np.mean(centres)), "between the two largest lung components"
     return (lung.shape[2] - 1) / 2.0, "image centre (assumed)"
+
+
+def _per_slice_counts(mask: np.ndarray) -> np.ndarray:
+    """int64 number of True voxels in each axial slice of a ``(Z, Y, X)`` mask."""
+    flat = mask.reshape(mask.shape[0], -1)
+    return flat.sum(axis=1, dtype=np.int64)
+
+
+def _side_counts(
+    arr: np.ndarray, box: Box | None, midline: float, x_left: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    """Per side, lung and opacity voxels in each axial slice; and the number of opacity components.
+
+    Everything is computed on the lungs' bounding box (the lung mask holds every labelled voxel).
+    """
+    n_z = arr.shape[0]
+    lung_z = {side: np.zeros(n_z, dtype=np.int64) for side in SIDES}
+    opac_z = {side: np.zeros(n_z, dtype=np.int64) for side in SIDES}
+    if box is None:
+        return lung_z, opac_z, 0
+    crop = arr[box]
+    lung = crop > 0
+    opacity = crop == LABEL_OPACITY
+    low, high = split_sides(lung, midline - box[2].start)
+    masks = {"right": low, "left": high} if x_left else {"right": high, "left": low}
+    for side in SIDES:
+        lung_z[side][box[0]] = _per_slice_counts(masks[side])
+        opac_z[side][box[0]] = _per_slice_counts(masks[side] & opacity)
+    opacity_box = bounding_box(opacity)
+    lesions = int(ndi.label(opacity[opacity_box])[1]) if opacity_box is not None else 0
+    return lung_z, opac_z, lesions
 
 
 def _zone_masks(lung_z: np.ndarray, z_up: bool) -> dict[str, np.ndarray]:
@@ -187,21 +218,21 @@ def scan_report(
     x_left, z_up = _orientation(affine)
     voxel_ml = voxel_volume_ml(spacing_t)
     lung = arr > 0
-    opacity = arr == 2
+    box = bounding_box(lung)
 
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "shape_zyx": [int(s) for s in arr.shape],
         "spacing_mm_zyx": [round(s, 6) for s in spacing_t],
-        "lungs_in_view": bool(lung.any()),
+        "lungs_in_view": box is not None,
         "message": "",
         "warnings": [],
     }
-    midline, how = _midline(lung, hu)
-    low, high = split_sides(lung, midline)
-    masks = {"right": low, "left": high} if x_left else {"right": high, "left": low}
-    lung_ml = {side: float(np.count_nonzero(masks[side])) * voxel_ml for side in SIDES}
-    opac_ml = {side: float(np.count_nonzero(masks[side] & opacity)) * voxel_ml for side in SIDES}
+    midline, how = _midline(lung, box, hu)
+    del lung
+    lung_z, opac_z, lesions = _side_counts(arr, box, midline, x_left)
+    lung_ml = {side: float(lung_z[side].sum()) * voxel_ml for side in SIDES}
+    opac_ml = {side: float(opac_z[side].sum()) * voxel_ml for side in SIDES}
     total_lung, total_opac = sum(lung_ml.values()), sum(opac_ml.values())
     report["lung_volume_ml"] = {**{s: round(v, 3) for s, v in lung_ml.items()}, "total": round(total_lung, 3)}
     report["opacity_volume_ml"] = {**{s: round(v, 3) for s, v in opac_ml.items()}, "total": round(total_opac, 3)}
@@ -213,12 +244,10 @@ def scan_report(
 
     zones: dict[str, dict[str, dict[str, Any]]] = {}
     for side in SIDES:
-        side_lung = masks[side]
-        lung_z = np.count_nonzero(side_lung, axis=(1, 2))
-        opac_z = np.count_nonzero(side_lung & opacity, axis=(1, 2))
         zones[side] = {}
-        for name, rows in _zone_masks(lung_z > 0, z_up).items():
-            z_lung, z_opac = float(lung_z[rows].sum()) * voxel_ml, float(opac_z[rows].sum()) * voxel_ml
+        for name, rows in _zone_masks(lung_z[side] > 0, z_up).items():
+            z_lung = float(lung_z[side][rows].sum()) * voxel_ml
+            z_opac = float(opac_z[side][rows].sum()) * voxel_ml
             pct = _percent(z_opac, z_lung)
             zones[side][name] = {
                 "lung_ml": round(z_lung, 3),
@@ -234,18 +263,17 @@ def scan_report(
         "max": 5 * len(ZONES) * len(SIDES),
         "scheme": SEVERITY_SCHEME,
     }
-    box = bounding_box(opacity)
-    report["lesion_count"] = int(ndi.label(opacity[box])[1]) if box is not None else 0
+    report["lesion_count"] = lesions
 
-    if not report["lungs_in_view"]:
+    if box is None:
         report["message"] = "no lungs in view: the lung mask is empty, so there are no volumes or scores to report"
     else:
         report["message"] = (
             f"lungs {total_lung:.1f} mL, opacity {total_opac:.1f} mL ({report['percent_involved']['total']}% "
             f"involved), severity {report['severity_score']['total']}/{report['severity_score']['max']}"
         )
-        z_rows = np.flatnonzero(np.any(lung, axis=(1, 2)))
-        cut = [end for end, row in (("first", 0), ("last", arr.shape[0] - 1)) if row in (z_rows[0], z_rows[-1])]
+        z_ends = (box[0].start, box[0].stop - 1)
+        cut = [end for end, row in (("first", 0), ("last", arr.shape[0] - 1)) if row in z_ends]
         if cut:
             report["warnings"].append(
                 f"the lungs reach the {' and '.join(cut)} slice of the scan: they are probably not fully in view, "

@@ -2,13 +2,16 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from covidseg.infer import masks as masks_module
 from covidseg.infer.masks import (
     bounding_box,
+    component_sizes,
     ellipsoid_footprint,
     fill_holes,
     keep_largest_components,
     morphology,
     remove_small_components,
+    select_labels,
     voxel_volume_ml,
 )
 
@@ -89,3 +92,49 @@ def test_remove_small_components():
     assert remove_small_components(m, 2).sum() == 27
     assert remove_small_components(m, 28).sum() == 0
     assert remove_small_components(m, 1).sum() == 28
+
+
+def test_bounding_box_matches_the_voxel_extremes():
+    rng = np.random.default_rng(3)
+    for density in (0.0005, 0.01, 0.3):
+        m = rng.random((9, 14, 17)) < density
+        if not m.any():
+            continue
+        idx = np.argwhere(m)
+        expected = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(idx.min(0), idx.max(0), strict=True))
+        assert bounding_box(m) == expected
+        grown = bounding_box(m, margin=(1, 100, 0))
+        assert grown[1] == slice(0, 14) and grown[2] == expected[2]
+        assert grown[0] == slice(max(expected[0].start - 1, 0), min(expected[0].stop + 1, 9))
+
+
+def test_select_labels_equals_the_table_lookup():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 12, (5, 6, 7)).astype(np.int32)
+    for keep_ids in ([], [3], [1, 5, 9], [2, 3, 4, 5, 6, 7], list(range(1, 12)), list(range(12))):
+        keep = np.zeros(12, bool)
+        keep[keep_ids] = True
+        got = select_labels(labels, keep)
+        assert got.dtype == bool and np.array_equal(got, keep[labels])
+
+
+def test_component_sizes_in_slabs_and_from_the_mask(monkeypatch):
+    rng = np.random.default_rng(5)
+    mask = rng.random((12, 10, 11)) < 0.4
+    labels, n = ndi.label(mask)
+    expected = np.bincount(labels.ravel(), minlength=n + 1)
+    monkeypatch.setattr(masks_module, "_COUNT_CHUNK", 250)  # about two slices per bincount call
+    assert np.array_equal(component_sizes(labels, n), expected)
+    from_mask = component_sizes(labels, n, mask=mask)
+    assert from_mask[0] == 0 and np.array_equal(from_mask[1:], expected[1:])
+
+
+def test_fill_holes_keeps_only_the_holes_above_the_size_limit_open():
+    m = np.ones((3, 12, 12), bool)
+    m[:, 2:4, 2:4] = False  # 4 voxels per slice
+    m[:, 7, 7] = False  # 1 voxel per slice
+    m[1, 9:11, 2:5] = False  # 6 voxels, one slice only
+    out = fill_holes(m, "slice", max_hole_voxels=4)
+    assert out[:, 2:4, 2:4].all() and out[:, 7, 7].all()
+    assert not out[1, 9:11, 2:5].any() and out[[0, 2], 9:11, 2:5].all()
+    assert np.array_equal(fill_holes(m, "slice", max_hole_voxels=0), m)

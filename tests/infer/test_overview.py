@@ -4,7 +4,7 @@ from PIL import Image
 
 from covidseg.data.phantom import generate_phantom
 from covidseg.errors import InputError, OutputExistsError
-from covidseg.infer.overview import OPACITY_COLOR, choose_axial_slices, save_overview
+from covidseg.infer.overview import OPACITY_COLOR, _profiles, choose_axial_slices, save_overview
 
 SHAPE = (24, 96, 96)
 SPACING = (5.0, 3.5, 3.5)
@@ -58,3 +58,16 @@ def test_axial_slices_follow_opacity_and_spread_through_the_lungs():
 def test_shape_mismatch_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="one shape"):
         save_overview(np.zeros((2, 4, 4)), np.zeros((2, 4, 5), np.uint8), (1.0, 1.0, 1.0), tmp_path / "x.png")
+
+
+def test_label_profiles_count_lung_and_opacity_per_slice_and_row():
+    rng = np.random.default_rng(8)
+    lab = np.zeros((12, 30, 40), np.uint8)
+    lab[2:10, 5:25, 6:30] = rng.integers(0, 3, (8, 20, 24))
+    profiles = _profiles(lab)
+    assert np.array_equal(profiles.lung_z, np.count_nonzero(lab > 0, axis=(1, 2)))
+    assert np.array_equal(profiles.opac_z, np.count_nonzero(lab == 2, axis=(1, 2)))
+    assert np.array_equal(profiles.lung_y, np.count_nonzero(lab > 0, axis=(0, 2)))
+    assert np.array_equal(profiles.opac_y, np.count_nonzero(lab == 2, axis=(0, 2)))
+    empty = _profiles(np.zeros((3, 4, 5), np.uint8))
+    assert empty.box is None and not empty.lung_z.any() and empty.lung_y.shape == (4,)

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from covidseg.data.phantom import generate_phantom
 from covidseg.errors import ConfigError, InputError
+from covidseg.infer.masks import ellipsoid_footprint
 from covidseg.infer.postprocess import PostprocessConfig, postprocess, probabilities_to_labels
 
 SHAPE = (24, 96, 96)
@@ -181,3 +183,70 @@ def test_bad_inputs_and_empty_scans():
         postprocess(np.zeros((4, 4), np.uint8), (1.0, 1.0, 1.0))
     with pytest.raises(ConfigError, match="background"):
         postprocess(empty, (1.0, 1.0, 1.0), class_names=("bg", "lung", "infection"))
+
+
+def _reference_postprocess(labels: np.ndarray, spacing, cfg: PostprocessConfig) -> np.ndarray:
+    """Post-processing written directly with scipy on the whole volume: no bounding boxes, no lookups."""
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    opacity = labels == 2
+    lung = (labels == 1) | opacity
+    if cfg.lung_components:
+        comp, n = ndi.label(lung)
+        sizes = np.bincount(comp.ravel(), minlength=n + 1)
+        sizes[0] = 0
+        order = np.argsort(-sizes, kind="stable")[: cfg.lung_components]
+        keep = np.zeros(n + 1, bool)
+        keep[order] = sizes[order] >= max(int(np.ceil(cfg.min_lung_component_ml / voxel_ml)), 1)
+        lung = keep[comp]
+    if cfg.fill_lung_holes and cfg.fill_holes_mode == "volume":
+        lung = ndi.binary_fill_holes(lung)
+    elif cfg.fill_lung_holes:
+        max_hole = int(cfg.max_hole_mm2 / (spacing[1] * spacing[2]))
+        for z in range(lung.shape[0]):
+            background, n = ndi.label(~lung[z])
+            border = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+            sizes = np.bincount(background.ravel(), minlength=n + 1)
+            hole = (sizes <= max_hole) if max_hole > 0 else np.ones(n + 1, bool)
+            hole[0] = False
+            hole[border] = False
+            lung[z] |= hole[background]
+    if cfg.remove_opacity_outside_lung:
+        opacity &= lung
+    pad = 4
+    for name, radius in (("opening", cfg.opening_mm), ("closing", cfg.closing_mm)):
+        if radius > 0:
+            footprint = ellipsoid_footprint(radius, spacing)
+            padded = np.pad(opacity, pad)
+            opacity = getattr(ndi, f"binary_{name}")(padded, structure=footprint)[pad:-pad, pad:-pad, pad:-pad]
+    if cfg.closing_mm > 0 and cfg.remove_opacity_outside_lung:
+        opacity &= lung
+    if cfg.min_lesion_ml > 0:
+        comp, n = ndi.label(opacity)
+        keep = np.bincount(comp.ravel(), minlength=n + 1) >= int(np.ceil(cfg.min_lesion_ml / voxel_ml))
+        keep[0] = False
+        opacity = keep[comp]
+    out = lung.astype(np.uint8)
+    out[opacity] = 2
+    return out
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        LOOSE,
+        PostprocessConfig(min_lung_component_ml=5.0, opening_mm=4.0, closing_mm=4.0, fill_holes_mode="volume"),
+        PostprocessConfig(lung_components=0, remove_opacity_outside_lung=False, closing_mm=4.0, min_lesion_ml=0.5),
+        PostprocessConfig(min_lung_component_ml=5.0, max_hole_mm2=40.0),
+    ],
+)
+def test_cropped_post_processing_equals_the_whole_volume_computation(phantom, cfg):
+    """The lung bounding box, slab-wise counting and label selection change nothing, wherever the lungs lie."""
+    rng = np.random.default_rng(7)
+    labels = np.zeros((SHAPE[0] + 6, SHAPE[1] + 20, SHAPE[2] + 9), np.uint8)
+    labels[4 : 4 + SHAPE[0], 15 : 15 + SHAPE[1], 2 : 2 + SHAPE[2]] = phantom.labels
+    specks = rng.random(labels.shape) < 0.004
+    labels[specks] = rng.integers(0, 3, int(specks.sum()))  # specks everywhere, holes in the lungs
+    labels[8:11, 5:9, 40:48] = 1  # a small third lung component near the border
+    labels[12:15, 60:64, 5:9] = 2  # opacity outside the lungs
+    expected = _reference_postprocess(labels, SPACING, cfg)
+    assert np.array_equal(postprocess(labels, SPACING, cfg), expected)

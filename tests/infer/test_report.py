@@ -179,3 +179,20 @@ def test_write_summary_csv(tmp_path, phantom):
     assert "severity_score.scheme" not in rows[0]
     with pytest.raises(OutputExistsError):
         write_summary_csv({}, path)
+
+
+@pytest.mark.parametrize("with_hu", [False, True])
+def test_report_does_not_depend_on_the_empty_space_around_the_lungs(phantom, with_hu):
+    """Counting on the lungs' bounding box: padding the scan changes only its shape and the midline index."""
+    pad = ((3, 5), (7, 2), (11, 4))
+    padded = np.pad(phantom.labels, pad)
+    hu = phantom.hu if with_hu else None
+    padded_hu = np.pad(phantom.hu, pad, constant_values=-1000) if with_hu else None
+    rep = scan_report(phantom.labels, SPACING, affine=phantom.affine, hu=hu)
+    rep_padded = scan_report(padded, SPACING, affine=phantom.affine, hu=padded_hu)
+    assert rep_padded["midline"]["x_index"] == pytest.approx(rep["midline"]["x_index"] + pad[2][0], abs=0.01)
+    for key in ("shape_zyx", "midline", "warnings", "message"):
+        rep.pop(key), rep_padded.pop(key)
+    assert rep_padded == rep
+    zone_lung = sum(z["lung_ml"] for side in rep["zones"].values() for z in side.values())
+    assert zone_lung == pytest.approx(np.count_nonzero(phantom.labels) * VOXEL_ML, abs=1e-2)
