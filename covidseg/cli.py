@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from covidseg import cli_train
+from covidseg import cli_eval, cli_train
 from covidseg.cli_common import (
     EXIT_USER_ERROR,
     AllowNonCTOption,
@@ -311,6 +311,10 @@ def predict(
 
 command("pretrain")(cli_train.pretrain)
 command("sweep")(cli_train.sweep)
+command("evaluate")(cli_eval.evaluate)
+command("compare")(cli_eval.compare)
+command("figure-drift")(cli_eval.figure_drift)
+command("figure-overlays")(cli_eval.figure_overlays)
 
 
 @command("export-bundle")
