@@ -137,6 +137,15 @@ def cell_config(spec: Table1Spec, cell: Cell, *, source: Path | None, out: Path)
 
     Raises:
         ConfigError: An invalid base, scheme file or override (one line).
+
+    Examples:
+        >>> spec = load_table1_spec("configs/experiments/table1_phantom.yaml")
+        >>> cell = [c for c in expand_cells(spec) if c.cell_id == "imagenet__l2sp-5"][0]
+        >>> cfg = cell_config(spec, cell, source=Path("in.pth"), out=Path("runs/t1"))
+        >>> cfg.regularization.name, cfg.regularization.params()["sp_lambda"], str(cfg.source.path)
+        ('l2sp', 5.0, 'in.pth')
+        >>> str(cfg.output.root), cfg.output.name, str(cfg.data.splits)
+        ('runs/t1/cells', 'imagenet__l2sp-5', 'runs/t1/splits.json')
     """
     files = [*spec.base, getattr(spec.schemes, cell.column.kind)]
     overrides = [
@@ -312,6 +321,12 @@ def run_table1(
             (before anything trains where possible).
         InputError: Missing source files, bad data, a split without test cases.
         OutputExistsError: ``out_dir`` exists and is not a Table 1 run folder.
+
+    Examples:
+        >>> run_table1("configs/experiments/table1_phantom.yaml", overrides=["grid.rows=[oxford]"])
+        Traceback (most recent call last):
+        ...
+        covidseg.errors.ConfigError: invalid Table 1 preset ...: grid.rows.0: Input should be 'none', ...
     """
     started = time.perf_counter()
     say: Callable[[str], None] = console.print if console is not None else (lambda *_: None)

@@ -156,7 +156,13 @@ def format_table1(
 
 
 def write_table1_md(path: Path, text: str) -> Path:
-    """Write the Markdown table atomically (replacing the previous version)."""
+    """Write the Markdown table atomically (replacing the previous version).
+
+    Examples:
+        >>> import tempfile
+        >>> write_table1_md(Path(tempfile.mkdtemp()) / "table1.md", "# Table 1").read_text()
+        '# Table 1'
+    """
     with atomic_path(path, overwrite=True) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path

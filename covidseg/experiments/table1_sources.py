@@ -222,6 +222,14 @@ def prepare_sources(
     Raises:
         ConfigError: An invalid pretrain config, or a source folder built with other settings.
         InputError: A source file that does not exist.
+
+    Examples:
+        >>> import tempfile
+        >>> spec = Table1Spec.model_validate({"base": ["b.yaml"], "schemes": {"zero": "z", "fixed": "f",
+        ...     "layerwise": "l"}, "sources": {"imagenet": {"stand_in": True}}, "grid": {"rows": ["none", "imagenet"]}})
+        >>> found = prepare_sources(spec, Path(tempfile.mkdtemp()))
+        >>> found["none"], found["imagenet"].name
+        (None, 'imagenet-stand-in.pth')
     """
     say: Callable[[str], None] = console.print if console is not None else (lambda *_: None)
     plan = check_sources(spec, out, rows=rows)
