@@ -182,12 +182,17 @@ def run_demo(
     Raises:
         OutputExistsError: ``out_dir`` exists and ``overwrite`` is false (before anything runs).
         ConfigError: An invalid recipe (before anything runs).
+
+    Examples:
+        >>> result = run_demo("demo-output", quick=True)  # doctest: +SKIP
+        >>> sorted(result.heldout_dice), result.bundle_checks  # doctest: +SKIP
+        (['lung', 'opacity'], ('verify_metadata', 'verify_net_in_out'))
     """
+    start = time.perf_counter()
     console = console or Console()
     shown = Path(out_dir)
     check_writable(shown, overwrite)
     plan = load_demo_config(quick, config_files, overrides)
-    start = time.perf_counter()
     steps = _Steps(console)
     console.print(
         f"[bold]covidseg demo[/]{' (quick)' if quick else ''}: synthetic chest CTs -> source model -> "
@@ -199,7 +204,7 @@ def run_demo(
             files = _dataset_step(plan, steps)
 
         tasks = ", ".join(t.name for t in plan.pretrain.tasks)
-        with steps.step("pretrain", f"Source model: pre-training one shared encoder on the tasks {tasks}"):
+        with steps.step("pretrain", f"Source model: pre-training on {tasks}"):
             source = S.train_source(plan, console)
             steps.say(f"source model: {source.source} (validation mean Dice {source.best_score:.3f})")
 
@@ -228,7 +233,8 @@ def run_demo(
             )
 
         with steps.step("bundle", "MONAI bundle: export and verify (covidseg export-bundle)"):
-            bundle = S.export_and_verify_bundle(plan, checkpoint)
+            with console.status("  exporting the model (TorchScript) and running MONAI's bundle checks..."):
+                bundle = S.export_and_verify_bundle(plan, checkpoint)
             steps.say(f"{bundle.path}/: {len(bundle.files)} files; passed {', '.join(bundle.checks)}")
 
         steps.timings["total"] = time.perf_counter() - start
@@ -274,7 +280,7 @@ def run_demo(
             tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
     paths = {kind: shown / rel for kind, rel in relative.items()}
-    _print_summary(console, shown, paths, scores, plan, steps.timings)
+    _print_summary(console, shown, paths, scores, steps.timings)
     return DemoResult(
         out_dir=shown,
         paths=paths,
@@ -291,7 +297,6 @@ def _print_summary(
     out_dir: Path,
     paths: dict[str, Path],
     scores: S.HeldoutScores,
-    plan: DemoPlan,
     timings: dict[str, float],
 ) -> None:
     console.rule(f"[bold green]covidseg demo finished in {format_duration(timings['total'])}", align="left")
@@ -322,4 +327,3 @@ def _print_summary(
         soft_wrap=True,
         highlight=False,
     )
-    del plan

@@ -183,6 +183,11 @@ def train_source(plan: DemoPlan, console: Console | None) -> Any:
 
     Returns:
         The :class:`~covidseg.train.pretrain.PretrainResult`.
+
+    Examples:
+        >>> from covidseg.demo_config import load_demo_config
+        >>> train_source(load_demo_config(quick=True), None).source  # doctest: +SKIP
+        PosixPath('runs/pretrain/source.pt')
     """
     from covidseg.train.pretrain import pretrain
 
@@ -194,6 +199,11 @@ def fine_tune(plan: DemoPlan, console: Console | None) -> Any:
 
     Returns:
         The :class:`~covidseg.train.trainer.TrainResult`.
+
+    Examples:
+        >>> from covidseg.demo_config import load_demo_config
+        >>> fine_tune(load_demo_config(quick=True), None).best_checkpoint  # doctest: +SKIP
+        PosixPath('runs/finetune/best.pt')
     """
     from covidseg.train.trainer import train
 
@@ -243,6 +253,14 @@ def predict_heldout(plan: DemoPlan, checkpoint: Path, scan: Path, console: Conso
 
     Returns:
         The :class:`~covidseg.infer.pipeline.ScanResult`.
+
+    Examples:
+        >>> from covidseg.demo_config import load_demo_config
+        >>> plan = load_demo_config(quick=True)
+        >>> model, scan = Path("runs/finetune/best.pt"), Path("heldout/heldout_phantom.nii.gz")
+        >>> result = predict_heldout(plan, model, scan, Console())  # doctest: +SKIP
+        >>> sorted(result.outputs)  # doctest: +SKIP
+        ['labels', 'overview', 'report']
     """
     from covidseg.infer.outputs import OutputOptions
     from covidseg.infer.pipeline import PredictOptions, predict_scan
@@ -317,6 +335,12 @@ def export_and_verify_bundle(plan: DemoPlan, checkpoint: Path) -> BundleCheck:
 
     Raises:
         InputError: The bundle fails ``verify_metadata`` or ``verify_net_in_out``.
+
+    Examples:
+        >>> from covidseg.demo_config import load_demo_config
+        >>> check = export_and_verify_bundle(load_demo_config(), Path("runs/finetune/best.pt"))  # doctest: +SKIP
+        >>> check.checks  # doctest: +SKIP
+        ('verify_metadata', 'verify_net_in_out')
     """
     from covidseg.bundle.export import export_bundle
     from covidseg.bundle.verify import verify_bundle
