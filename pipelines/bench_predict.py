@@ -6,23 +6,23 @@ than fp32 with at least 99.5 % voxel agreement of the final label map; the fast 
 most 0.1 % on a scan that extends beyond the lungs.
 
 Each configuration runs in a fresh subprocess (``--worker``) that loads the model, runs
-:func:`covidseg.infer.pipeline.predict_scan` on the phantom file and reports its own timings and peak RSS
-(``resource.getrusage``). The phantom is padded with ``--extra-slices`` slices of lung-free abdomen-like tissue
-below the lungs (so the fast path has something to skip) and written as NIfTI once. Without ``--model``, a
-DenseUNet with random weights (seed 0, BatchNorm calibrated on the scan) at ``--slice-size`` is used: network cost
-is the same as a trained model's; its label maps (and so post-processing cost, bf16 agreement and the fast path's
-effect) are not those of a trained model.
+:func:`covidseg.infer.pipeline.predict_scan` on the phantom file and reports its own timings, peak RSS
+(``resource.getrusage``) and the machine's load average before and after. Configurations run one after the
+other, never at once. The phantom is padded with ``--extra-slices`` slices of lung-free abdomen-like tissue below
+the lungs (so the fast path has something to skip) and written as NIfTI once; ``--crop-slices N`` runs on the N
+middle slices of that scan instead (a quick run whose per-slice times extrapolate to the full scan). Without
+``--model``, a DenseUNet with random weights (seed 0, BatchNorm calibrated on the scan) at ``--slice-size`` is
+used: network cost is the same as a trained model's; its label maps (and so post-processing cost, bf16 agreement
+and the fast path's effect) are not those of a trained model: its noisy labels make post-processing several times
+slower than a trained model's would.
 
-Measured on the 2-core development machine, shared with other jobs (random BN-calibrated weights, so label
-agreement and fast-path change are not those of a trained model): batch 8, machine idle at the start: fp32 146 s
-(network 135 s), bf16 + channels_last 42.3 s (network 31.7 s, 3.5x), non-network 10.6-11.1 s, peak RSS 2.0 GB
-(fp32) and 2.4 GB (bf16). Batch 2 with the heap returned after prediction: peak RSS 1.94 GB (fp32, bf16) and
-1.80 GB (fast path), but other jobs loaded the machine during that run (fp32 518 s, bf16 134 s: OpenMP threads
-waiting for busy cores), so its times say nothing about the code.
+The machine is shared: a load average above the number of cores makes every time meaningless (OpenMP threads
+wait for busy cores; a network that takes 40 s on an idle machine took 1200 s at load 8). The load is printed
+and stored with each result; compare configurations only from runs on an idle machine.
 
 Usage:
     python pipelines/bench_predict.py [--slices 300] [--size 512] [--model CKPT] [--slice-size 384]
-        [--configs fp32 bf16_cl fast_bf16_cl] [--work DIR]
+        [--configs fp32 bf16_cl fast_bf16_cl] [--crop-slices N] [--batch-size N] [--work DIR] [--json PATH]
 """
 
 from __future__ import annotations
@@ -42,12 +42,14 @@ from typing import Any
 import numpy as np
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "fp32": {"precision": "fp32", "channels_last": False, "fast": False},
+    "fp32": {"precision": "fp32", "channels_last": None, "fast": False},
+    "fp32_nchw": {"precision": "fp32", "channels_last": False, "fast": False},
     "bf16_cl": {"precision": "bf16", "channels_last": True, "fast": False},
     "fast_bf16_cl": {"precision": "bf16", "channels_last": True, "fast": True},
-    "fast_fp32": {"precision": "fp32", "channels_last": False, "fast": True},
+    "fast_fp32": {"precision": "fp32", "channels_last": None, "fast": True},
 }
-"""Benchmark configurations: network precision, memory format, fast path."""
+"""Benchmark configurations: network precision, memory format (None: the Segmenter's default, channels-last on
+CPU), fast path. ``fp32_nchw`` is fp32 in the contiguous (N, C, H, W) format, for comparison."""
 SPACING = (1.0, 0.7, 0.7)
 """Phantom voxel spacing (z, y, x) in mm."""
 NETWORK_STAGE = "network"
@@ -108,66 +110,100 @@ def make_model(work: Path, slice_size: int, scan: Path) -> Path:
     return path
 
 
+def crop_scan(work: Path, scan: Path, n_slices: int) -> Path:
+    """The ``n_slices`` middle axial slices of ``scan`` as a NIfTI file in ``work`` (reused if present)."""
+    from covidseg.io import CTVolume, load_ct, save_volume
+
+    path = work / f"{scan.name.removesuffix('.nii.gz')}_middle{n_slices}.nii.gz"
+    if path.is_file():
+        return path
+    volume = load_ct(scan)
+    first = max((volume.shape[0] - n_slices) // 2, 0)
+    hu = volume.hu[first : first + n_slices]
+    affine = volume.affine.copy()
+    affine[:3, 3] += affine[:3, 0] * first  # index z = first becomes z = 0
+    save_volume(hu, CTVolume.from_canonical(hu, affine), path)
+    return path
+
+
 def worker(args: argparse.Namespace) -> None:
     """Run one configuration and print its JSON result (the last stdout line)."""
     import torch
 
     from covidseg.infer.outputs import OutputOptions
     from covidseg.infer.pipeline import PredictOptions, predict_scan
-    from covidseg.infer.segmenter import Segmenter
+    from covidseg.infer.segmenter import DEFAULT_BATCH_SIZE, Segmenter
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = CONFIGS[args.worker]
+    load_before = os.getloadavg()
     start = time.perf_counter()
     segmenter = Segmenter.from_checkpoint(
         args.model,
         device="cpu",
         precision=cfg["precision"],
         channels_last=cfg["channels_last"],
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
         skip_empty_slices=cfg["fast"],
     )
     model_load = time.perf_counter() - start
     options = PredictOptions(outputs=OutputOptions(overview=not args.no_overview, overwrite=True))
+    cpu_start = time.process_time()
     result = predict_scan(args.scan, segmenter, Path(args.out) / args.worker, options=options)
+    cpu = time.process_time() - cpu_start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    shape = result.report["shape_zyx"]
     print(
         json.dumps(
             {
                 "config": args.worker,
-                "model_load": model_load,
+                "precision": segmenter.spec.precision,
+                "channels_last": segmenter.channels_last,
+                "batch_size": segmenter.batch_size,
+                "threads": torch.get_num_threads(),
+                "shape_zyx": shape,
+                "model_load_s": model_load,
                 "timings": result.timings,
+                "cpu_s": cpu,
                 "skipped_slices": result.skipped_slices,
                 "labels": str(result.outputs["labels"]),
                 "peak_rss_mb": peak_kb / 1024.0,
-                "threads": torch.get_num_threads(),
+                "load_avg_before": load_before,
+                "load_avg_after": os.getloadavg(),
             }
         )
     )
 
 
 def _run_config(name: str, scan: Path, model: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        name,
-        "--scan",
-        str(scan),
-        "--model",
-        str(model),
-        "--out",
-        str(out),
-        "--batch-size",
-        str(args.batch_size),
-        "--threads",
-        str(args.threads),
-    ]
+    cmd = [sys.executable, __file__, "--worker", name, "--scan", str(scan), "--model", str(model)]
+    cmd += ["--out", str(out), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
     if args.no_overview:
         cmd.append("--no-overview")
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"configuration {name} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def summarise(res: dict[str, Any]) -> dict[str, Any]:
+    """Derived figures of one configuration: network and non-network time, its share, slices per second."""
+    t = res["timings"]
+    n_slices = int(res["shape_zyx"][0])
+    run = n_slices - int(res["skipped_slices"])
+    net, total = t[NETWORK_STAGE], t["total"]
+    return {
+        "total_s": total,
+        "network_s": net,
+        "non_network_s": total - net,
+        "non_network_share": (total - net) / net if net > 0 else None,
+        "network_ms_per_slice": 1000.0 * net / max(run, 1),
+        "network_slices_per_s": run / net if net > 0 else None,
+        "end_to_end_slices_per_s": n_slices / total if total > 0 else None,
+        "writes_s": {k.removeprefix("write_"): v for k, v in t.items() if k.startswith("write_")},
+        "stages_s": {k: t.get(k, 0.0) for k in NON_NETWORK},
+    }
 
 
 def _labels(path: str) -> np.ndarray:
@@ -176,19 +212,105 @@ def _labels(path: str) -> np.ndarray:
     return np.asarray(nib.load(path).dataobj, dtype=np.uint8)  # type: ignore[attr-defined]
 
 
+def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """bf16 vs fp32 (speed-up, label agreement) and fast path vs full (opacity voxels changed)."""
+    out: dict[str, Any] = {}
+    base32 = next((n for n in ("fp32", "fp32_nchw") if n in results), None)
+    if base32 and "bf16_cl" in results:
+        a, b = _labels(results[base32]["labels"]), _labels(results["bf16_cl"]["labels"])
+        t32, t16 = results[base32]["timings"], results["bf16_cl"]["timings"]
+        out["bf16_vs_fp32"] = {
+            "fp32_config": base32,
+            "speedup_end_to_end": t32["total"] / t16["total"],
+            "speedup_network": t32[NETWORK_STAGE] / t16[NETWORK_STAGE],
+            "label_agreement_percent": 100.0 * float(np.mean(a == b)),
+            "opacity_voxels_fp32": int((a == 2).sum()),
+            "opacity_voxels_bf16": int((b == 2).sum()),
+        }
+    if "fp32" in results and "fp32_nchw" in results:
+        a, b = _labels(results["fp32"]["labels"]), _labels(results["fp32_nchw"]["labels"])
+        out["fp32_channels_last_vs_nchw"] = {
+            "speedup_network": results["fp32_nchw"]["timings"][NETWORK_STAGE]
+            / results["fp32"]["timings"][NETWORK_STAGE],
+            "label_agreement_percent": 100.0 * float(np.mean(a == b)),
+        }
+    fast = next((n for n in ("fast_bf16_cl", "fast_fp32") if n in results), None)
+    base = {"fast_bf16_cl": "bf16_cl", "fast_fp32": "fp32"}.get(fast or "")
+    if fast and base in results:
+        a, b = _labels(results[base]["labels"]), _labels(results[fast]["labels"])
+        opacity = max(int((a == 2).sum()), 1)
+        changed = int(((a == 2) != (b == 2)).sum())
+        out["fast_path"] = {
+            "config": fast,
+            "versus": base,
+            "skipped_slices": results[fast]["skipped_slices"],
+            "opacity_voxels_changed": changed,
+            "opacity_changed_percent": 100.0 * changed / opacity,
+            "label_agreement_percent": 100.0 * float(np.mean(a == b)),
+        }
+    return out
+
+
+def print_results(results: dict[str, dict[str, Any]], comparison: dict[str, Any], scan_text: str) -> None:
+    """Markdown tables of the results (for the BENCHMARKS page) and the comparisons."""
+    first = next(iter(results.values()))
+    print(f"\n{scan_text}; {first['threads']} threads\n")
+    print(
+        "| config | channels_last | batch | total s | network s | ms/slice | slices/s (net, e2e) "
+        "| non-network s (% of network) | peak RSS MB | load avg before/after |"
+    )
+    print("|" + "---|" * 10)
+    for name, res in results.items():
+        d = summarise(res)
+        load = f"{res['load_avg_before'][0]:.1f} / {res['load_avg_after'][0]:.1f}"
+        print(
+            f"| {name} | {res['channels_last']} | {res['batch_size']} | {d['total_s']:.1f} | {d['network_s']:.1f} "
+            f"| {d['network_ms_per_slice']:.0f} | {d['network_slices_per_s']:.2f}, {d['end_to_end_slices_per_s']:.2f} "
+            f"| {d['non_network_s']:.1f} ({100 * d['non_network_share']:.1f} %) | {res['peak_rss_mb']:.0f} | {load} |"
+        )
+    print("\nnon-network stages (s): " + ", ".join(NON_NETWORK) + ", writes, skipped slices")
+    for name, res in results.items():
+        d = summarise(res)
+        parts = ", ".join(f"{v:.2f}" for v in d["stages_s"].values())
+        writes = {k: round(v, 2) for k, v in d["writes_s"].items()}
+        print(f"  {name}: {parts}, {writes}, {res['skipped_slices']}; model load {res['model_load_s']:.1f} s")
+    if "bf16_vs_fp32" in comparison:
+        c = comparison["bf16_vs_fp32"]
+        print(
+            f"\nbf16+channels_last vs {c['fp32_config']}: {c['speedup_end_to_end']:.2f}x end to end, "
+            f"{c['speedup_network']:.2f}x network; final labels agree on {c['label_agreement_percent']:.3f} % of "
+            f"voxels; opacity voxels fp32 {c['opacity_voxels_fp32']}, bf16 {c['opacity_voxels_bf16']}"
+        )
+    if "fp32_channels_last_vs_nchw" in comparison:
+        c = comparison["fp32_channels_last_vs_nchw"]
+        print(
+            f"fp32 channels-last vs NCHW: network {c['speedup_network']:.2f}x; labels agree on "
+            f"{c['label_agreement_percent']:.4f} %"
+        )
+    if "fast_path" in comparison:
+        c = comparison["fast_path"]
+        print(
+            f"fast path ({c['config']} vs {c['versus']}): {c['skipped_slices']} slices skipped, opacity mask "
+            f"changed in {c['opacity_voxels_changed']} voxels = {c['opacity_changed_percent']:.4f} % of opacity; "
+            f"all labels agree on {c['label_agreement_percent']:.4f} %"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300, help="Axial slices of the scan (incl. --extra-slices).")
     parser.add_argument("--size", type=int, default=512, help="In-plane size of the scan (pixels).")
     parser.add_argument("--extra-slices", type=int, default=40, help="Lung-free slices below the lungs.")
+    parser.add_argument("--crop-slices", type=int, default=0, help="Run on this many middle slices (0: all).")
     parser.add_argument("--slice-size", type=int, default=384, help="Network input size (random model only).")
     parser.add_argument("--model", type=Path, default=None, help="Checkpoint; default: random DenseUNet.")
     parser.add_argument("--configs", nargs="+", default=["fp32", "bf16_cl", "fast_bf16_cl"], choices=list(CONFIGS))
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=0, help="Slices per network call (0: the default).")
     parser.add_argument("--no-overview", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="Folder for the scan, model and outputs.")
+    parser.add_argument("--json", type=Path, default=None, help="Also write all results to this JSON file.")
     parser.add_argument("--worker", choices=list(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--scan", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -203,51 +325,37 @@ def main() -> None:
     scan = make_scan(work, args.slices, args.size, args.extra_slices, args.seed)
     print(f"scan: {scan} ({time.perf_counter() - t0:.0f} s to make)", flush=True)
     model = args.model or make_model(work, args.slice_size, scan)
+    if args.crop_slices:
+        scan = crop_scan(work, scan, args.crop_slices)
+        print(f"cropped to the middle {args.crop_slices} slices: {scan}", flush=True)
     print(f"model: {model}; cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores", flush=True)
     results = {}
     for name in args.configs:
+        print(f"  {name}: load average {os.getloadavg()[0]:.1f} ...", end=" ", flush=True)
         results[name] = _run_config(name, scan, model, work / "out", args)
-        print(f"  {name}: {results[name]['timings']['total']:.1f} s", flush=True)
+        print(f"{results[name]['timings']['total']:.1f} s", flush=True)
 
-    threads = next(iter(results.values()))["threads"]
-    size = f"{args.size} x {args.size} x {args.slices} voxels, spacing {SPACING} mm"
-    print(f"\n{size}, batch {args.batch_size}, {threads} threads\n")
-    header = "| config | total s | network s | non-network s (share of network) | post-proc s | writes s | skipped |"
-    print(header + " peak RSS MB |")
-    print("|" + "---|" * 8)
-    for name, res in results.items():
-        t = res["timings"]
-        net = t[NETWORK_STAGE]
-        non = t["total"] - net
-        writes = sum(v for k, v in t.items() if k.startswith("write_"))
-        print(
-            f"| {name} | {t['total']:.1f} | {net:.1f} | {non:.1f} ({100 * non / net:.1f} %) | {t['postprocess']:.2f} "
-            f"| {writes:.2f} | {res['skipped_slices']} | {res['peak_rss_mb']:.0f} |"
-        )
-    print("\nstages (s): " + ", ".join(NON_NETWORK) + ", writes")
-    for name, res in results.items():
-        t = res["timings"]
-        parts = [f"{t.get(k, 0.0):.2f}" for k in NON_NETWORK]
-        writes = {k[6:]: round(v, 2) for k, v in t.items() if k.startswith("write_")}
-        print(f"  {name}: {', '.join(parts)}, {writes}; model load {res['model_load']:.1f} s")
-    if "fp32" in results and "bf16_cl" in results:
-        a, b = _labels(results["fp32"]["labels"]), _labels(results["bf16_cl"]["labels"])
-        speed = results["fp32"]["timings"]["total"] / results["bf16_cl"]["timings"]["total"]
-        net_speed = results["fp32"]["timings"][NETWORK_STAGE] / results["bf16_cl"]["timings"][NETWORK_STAGE]
-        n_a, n_b = int((a == 2).sum()), int((b == 2).sum())
-        print(f"\nbf16+channels_last vs fp32: {speed:.2f}x end to end, {net_speed:.2f}x network; label agreement")
-        print(f"  {100 * np.mean(a == b):.3f} % of voxels; opacity voxels fp32 {n_a}, bf16 {n_b}")
-    fast = next((n for n in ("fast_bf16_cl", "fast_fp32") if n in results), None)
-    base = {"fast_bf16_cl": "bf16_cl", "fast_fp32": "fp32"}.get(fast or "")
-    if fast and base in results:
-        a, b = _labels(results[base]["labels"]), _labels(results[fast]["labels"])
-        opacity = max(int((a == 2).sum()), 1)
-        changed = int(((a == 2) != (b == 2)).sum())
-        print(
-            f"fast path ({fast} vs {base}): {results[fast]['skipped_slices']} slices skipped, opacity mask changed "
-            f"in {changed} voxels = {100 * changed / opacity:.4f} % of {opacity} opacity voxels; "
-            f"all labels agree on {100 * np.mean(a == b):.4f} %"
-        )
+    shape = next(iter(results.values()))["shape_zyx"]
+    scan_text = f"{shape[2]} x {shape[1]} x {shape[0]} voxels (x, y, z), spacing {SPACING} mm (z, y, x)"
+    comparison = compare(results)
+    print_results(results, comparison, scan_text)
+    if args.json:
+        payload = {
+            "scan": str(scan),
+            "scan_description": scan_text,
+            "model": str(model),
+            "random_model": args.model is None,
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "results": {name: {**res, "derived": summarise(res)} for name, res in results.items()},
+            "comparison": comparison,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(args.json)
+        print(f"\nresults written to {args.json}")
 
 
 if __name__ == "__main__":

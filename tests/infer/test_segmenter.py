@@ -253,3 +253,28 @@ def test_argmax_classes_matches_torch_argmax():
     probs[0, 2, 0, 0] = probs[0, 1, 0, 0] = 2.0  # a tie goes to the lower class, as in argmax
     assert torch.equal(argmax_classes(probs).long(), probs.argmax(dim=1))
     assert argmax_classes(probs).dtype == torch.uint8 and int(argmax_classes(probs)[0, 0, 0]) == 1
+
+
+@pytest.mark.parametrize("n_classes", [1, 2, 3, 5])
+def test_argmax_classes_for_any_class_count_and_memory_format(n_classes):
+    torch.manual_seed(n_classes)
+    probs = torch.randint(0, 4, (2, n_classes, 9, 11)).float()  # many ties
+    expected = probs.argmax(dim=1)
+    assert torch.equal(argmax_classes(probs).long(), expected)
+    channels_last = probs.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(argmax_classes(channels_last).long(), expected)
+
+
+def test_channels_last_is_the_cpu_default_and_does_not_change_labels(chest):
+    """A real (small, calibrated) DenseUNet: contiguous, channels-last and batch sizes give the same labels."""
+    volume, _ = chest
+    config = UNetConfig(class_names=("background", "lung", "opacity"), decoder_channels=SMALL_DECODER)
+    spec = InferenceSpec(preprocess=PreprocessConfig(slice_size=(64, 64)))
+    auto = Segmenter(calibrated_unet(config), spec, device="cpu")
+    assert auto.channels_last and auto.batch_size == 1
+    conv = next(m for m in auto.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = Segmenter(calibrated_unet(config), spec, device="cpu", channels_last=False, batch_size=5)
+    assert not plain.channels_last
+    a, b = auto.predict(volume).labels, plain.predict(volume).labels
+    assert len(np.unique(a)) == 3 and np.mean(a == b) > 0.9999
