@@ -44,6 +44,8 @@ CORONAL_MIN_LUNG_FRACTION = 0.7
 CROP_MARGIN_MM = 15.0
 """Margin kept around the lungs when the views are cropped to them."""
 _PANEL_INCHES = 2.6
+PNG_COMPRESS_LEVEL = 1
+"""zlib level of the PNG: 1 encodes about 3x faster than Pillow's default 6, for a file about 7 % larger."""
 
 
 @dataclass(frozen=True)
@@ -267,5 +269,7 @@ def save_overview(
     )
     fig.subplots_adjust(left=0.01, right=0.97, top=1 - 0.55 / fig.get_figheight(), bottom=0.4 / fig.get_figheight())
     with atomic_path(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, facecolor=fig.get_facecolor())
+        fig.savefig(
+            tmp, format="png", dpi=100, facecolor=fig.get_facecolor(), pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL}
+        )
     return Path(path)
