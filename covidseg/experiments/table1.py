@@ -13,8 +13,10 @@ The run folder ``<out>/``:
   ``data.splits`` the preset names); it must hold test cases (``data.test_fraction > 0``);
 * ``sources/``: built sources (:mod:`covidseg.experiments.table1_sources`); ``cache/``: the shared slice cache;
 * ``cells/<cell>/``: the run folder of the cell (``config.yaml``, ``metrics.csv``, ``best.pt``, ``last.pt``),
-  ``sweep_result.json`` when its training finished (written by the sweep's cell runner, reused here) and
-  ``table1_cell.json`` when it was evaluated: the cell is complete and is skipped by a later invocation;
+  ``sweep_result.json`` when its training finished (written by the sweep's cell runner, reused here),
+  ``test/per_case.csv`` + ``test/summary.json`` (as ``covidseg evaluate`` writes them, so
+  ``covidseg compare cells/A/test cells/B/test`` pairs two cells case by case) and ``table1_cell.json`` when it
+  was evaluated: the cell is complete and is skipped by a later invocation;
 * ``results.csv`` and ``table1.md``: rewritten (atomically) after every cell.
 
 A later invocation with the same folder continues: complete cells are skipped, a cell killed during training
@@ -61,6 +63,7 @@ SPEC_NAME = "table1.yaml"
 CSV_NAME = "results.csv"
 MD_NAME = "table1.md"
 TEST_SPLIT = "test"
+TEST_DIR = "test"
 _PLACEHOLDER_SOURCE = Path("source.pt")
 
 
@@ -235,6 +238,7 @@ def _run_cell(cell: Cell, config: RunConfig, label: str, console: Console | None
     """Train (or resume, or skip) and evaluate one cell; returns its result record."""
     from covidseg.evaluate.checkpoint_eval import evaluate_checkpoint
     from covidseg.evaluate.scores import summarize
+    from covidseg.evaluate.writers import write_evaluation
     from covidseg.train.sweep import _train_point  # the sweep's train/resume/skip of one run folder
 
     run_dir = Path(config.output.root) / str(config.output.name)
@@ -256,6 +260,8 @@ def _run_cell(cell: Cell, config: RunConfig, label: str, console: Console | None
         cache_dir=config.data.cache_dir,
     )
     eval_s = time.perf_counter() - start
+    info = {"cell": cell.cell_id, "checkpoint": str(checkpoint), "split": TEST_SPLIT}
+    write_evaluation(run_dir / TEST_DIR, cases, info, overwrite=True)  # for covidseg compare A/test B/test
     reg = config.regularization
     result: dict[str, Any] = {
         "cell": cell.cell_id,

@@ -25,6 +25,7 @@ from covidseg.data.cache import SliceCache
 from covidseg.data.datasets import CaseStackDataset
 from covidseg.data.splits import load_splits
 from covidseg.errors import OutputExistsError
+from covidseg.evaluate.compare import compare_evaluations
 from covidseg.experiments.table1 import CELL_RESULT_NAME, Table1Result, run_table1
 from covidseg.experiments.table1_sources import STAND_IN_NAME
 from covidseg.model import build_model_from_checkpoint
@@ -99,6 +100,17 @@ def test_rows_use_their_sources_and_columns_their_penalties(table: Table1Result)
     ]
     conv0 = [s["state_dict"]["encoder.conv0.weight"] for s in sources]
     assert not torch.equal(conv0[0], conv0[1])  # two sources, two encoders
+
+
+def test_cells_can_be_compared_case_by_case(table: Table1Result) -> None:
+    cells = table.out_dir / "cells"
+    report = compare_evaluations(cells / CELLS[1] / "test", cells / CELLS[2] / "test", n_bootstrap=50)
+    assert report.n_dropped == 0
+    by_cell = {r["cell"]: r for r in table.results}
+    mean_difference = by_cell[CELLS[2]]["opacity_dice"] - by_cell[CELLS[1]]["opacity_dice"]
+    assert report.comparison.mean_difference == pytest.approx(mean_difference)
+    same = compare_evaluations(cells / CELLS[1] / "test", cells / CELLS[1] / "test", n_bootstrap=50)
+    assert same.comparison.p_value == 1.0
 
 
 def test_markdown_table(table: Table1Result) -> None:
