@@ -239,12 +239,12 @@ def _run_cell(cell: Cell, config: RunConfig, label: str, console: Console | None
     from covidseg.evaluate.checkpoint_eval import evaluate_checkpoint
     from covidseg.evaluate.scores import summarize
     from covidseg.evaluate.writers import write_evaluation
-    from covidseg.train.sweep import _train_point  # the sweep's train/resume/skip of one run folder
+    from covidseg.train.sweep import train_run_folder  # the sweep's train/resume/skip of one run folder
 
     run_dir = Path(config.output.root) / str(config.output.name)
     _check_settings(config, run_dir)
     start = time.perf_counter()
-    record = _train_point(config, run_dir, console)  # trains, resumes from last.pt, or skips a finished run
+    record = train_run_folder(config, run_dir, console)  # trains, resumes from last.pt, or skips a finished run
     result_file = run_dir / CELL_RESULT_NAME
     if result_file.is_file():
         return dict(json.loads(result_file.read_text()), skipped=True)

@@ -63,6 +63,7 @@ __all__ = [
     "expand_grid",
     "load_sweep_spec",
     "run_sweep",
+    "train_run_folder",
 ]
 
 RESULT_NAME = "sweep_result.json"
@@ -288,8 +289,23 @@ def _check_same(config: RunConfig, run_dir: Path) -> None:
         )
 
 
-def _train_point(config: RunConfig, run_dir: Path, console: Console | None) -> dict[str, Any]:
-    """Train (or resume, or skip) one point; returns its result record."""
+def train_run_folder(config: RunConfig, run_dir: Path, console: Console | None) -> dict[str, Any]:
+    """Train one run folder to completion: skip it when finished, resume it from ``last.pt``, or start it.
+
+    The sweep, the Table 1 driver and similar drivers use it so that rerunning a driver continues where it stopped.
+    A folder holding a run with other settings is refused.
+
+    Args:
+        config: The run config (``output.root / output.name`` is normally ``run_dir``).
+        run_dir: The run folder.
+        console: Where progress is printed (None: silent).
+
+    Returns:
+        ``{"score", "metric", "best_epoch", "epochs", "run_dir", "skipped"}``.
+
+    Raises:
+        ConfigError: ``run_dir`` holds a run with other settings.
+    """
     from covidseg.train.trainer import train
 
     result_file = run_dir / RESULT_NAME
@@ -382,7 +398,7 @@ def run_sweep(
         splits = shared if shared.is_file() else None
         config = _point_config(base, point, out, splits, point.point_id)
         say(f"sweep point {i}/{len(points)}: {point.point_id}")
-        record = _train_point(config, out / "runs" / point.point_id, console)
+        record = train_run_folder(config, out / "runs" / point.point_id, console)
         if record["skipped"]:
             say(f"  complete already: {metric} {record['score']:.4f}")
         first_splits = Path(record["run_dir"]) / "splits.json"
@@ -410,6 +426,6 @@ def run_sweep(
         config = _point_config(base, point, out, splits, RETRAIN_NAME, root=out)
         config = load_config(base=config.to_yaml_dict(), overrides=[f"train.epochs={epochs}"])
         say(f"retraining {best['point']} for {epochs} epochs")
-        retrained = dict(_train_point(config, out / RETRAIN_NAME, console), point=best["point"])
+        retrained = dict(train_run_folder(config, out / RETRAIN_NAME, console), point=best["point"])
         say(f"retrained: {metric} {retrained['score']:.4f} in {retrained['run_dir']}")
     return SweepResult(out, rows, best, csv_path, md_path, retrained)
