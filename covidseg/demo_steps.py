@@ -59,8 +59,8 @@ BUNDLE_DIR = Path("bundle")
 """The exported MONAI bundle."""
 DRIFT_NAME = "drift"
 """Stem of the layer-drift CSV and plot in the fine-tuning run folder."""
-MONAI_BUNDLE_LOGGER = "monai.bundle.scripts"
-"""MONAI's bundle checks log their inputs at INFO; the demo shows only their warnings."""
+MONAI_BUNDLE_LOGGERS = ("monai.bundle.scripts", "monai.apps")
+"""MONAI's bundle checks log their inputs (and the schema lookup) at INFO; the demo shows only their warnings."""
 CLASS_NAMES = ("background", "lung", "opacity")
 """Label values of phantoms and of ``covidseg predict``'s masks (0, 1, 2)."""
 
@@ -117,15 +117,17 @@ class BundleCheck:
 
 
 @contextlib.contextmanager
-def _quiet_logger(name: str, level: int = logging.WARNING) -> Iterator[None]:
-    """Raise one logger's level for the block (MONAI's INFO chatter), then restore it."""
-    logger = logging.getLogger(name)
-    previous = logger.level
-    logger.setLevel(max(level, previous))
+def _quiet_loggers(names: tuple[str, ...], level: int = logging.WARNING) -> Iterator[None]:
+    """Raise some loggers' levels for the block (MONAI's INFO chatter), then restore them."""
+    loggers = [logging.getLogger(name) for name in names]
+    previous = [logger.level for logger in loggers]
+    for logger, old in zip(loggers, previous, strict=True):
+        logger.setLevel(max(level, old))
     try:
         yield
     finally:
-        logger.setLevel(previous)
+        for logger, old in zip(loggers, previous, strict=True):
+            logger.setLevel(old)
 
 
 def _case_id(seed: int, width: int) -> str:
@@ -346,7 +348,7 @@ def export_and_verify_bundle(plan: DemoPlan, checkpoint: Path) -> BundleCheck:
     from covidseg.bundle.verify import verify_bundle
 
     exported = export_bundle(checkpoint, BUNDLE_DIR, overwrite=True, name=plan.bundle.name, version=plan.bundle.version)
-    with _quiet_logger(MONAI_BUNDLE_LOGGER), warnings.catch_warnings():
+    with _quiet_loggers(MONAI_BUNDLE_LOGGERS), warnings.catch_warnings():
         # verify_metadata warns that the schema shipped in the bundle has no hash: it is the local copy on purpose
         warnings.filterwarnings("ignore", message="No hash value provided", category=UserWarning)
         checks = verify_bundle(exported.path)
