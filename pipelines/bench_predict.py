@@ -20,6 +20,13 @@ The machine is shared: a load average above the number of cores makes every time
 wait for busy cores; a network that takes 40 s on an idle machine took 1200 s at load 8). The load is printed
 and stored with each result; compare configurations only from runs on an idle machine.
 
+Last idle-machine run before the speed work (batch 2, contiguous fp32, random model): fp32 124.8 s (network
+108.7 s), bf16 + channels_last 57.9 s (network 41.3 s), non-network 16.2 s (post-processing 6.4 s, report 3.3 s,
+overview 2.3 s), peak RSS 1.84 GB. Since then (measured only on a loaded machine, so not comparable in absolute
+terms): batch 1 and channels-last by default, autocast's weight cache on the bf16 path, post-processing / report /
+overview on the lungs' bounding box (on this random model's noisy labels, post-processing CPU time 16.3 -> 7.5 s at
+load 9, its peak memory 979 -> 554 MB above the loaded scan), probabilities resized back in channels-last.
+
 Usage:
     python pipelines/bench_predict.py [--slices 300] [--size 512] [--model CKPT] [--slice-size 384]
         [--configs fp32 bf16_cl fast_bf16_cl] [--crop-slices N] [--batch-size N] [--work DIR] [--json PATH]

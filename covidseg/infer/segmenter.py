@@ -48,8 +48,9 @@ UINT8_SCALE = 255.0
 """A probability p is stored as ``round(p * 255)`` in uint8 probability maps."""
 DEFAULT_BATCH_SIZE = 1
 """Axial slices per network call. One on purpose: on the 2-core development CPU larger batches are slower per slice
-at 384 x 384 (fp32: about 240 ms per slice at batch 1, 362 ms at batch 2 in a full 300-slice run; 8-slice
-batches a third slower again) and hold more activations (about 400 MB more at batch 8 than at batch 2)."""
+at 384 x 384 (fp32, idle machine: about 240 ms per slice at batch 1 in DESIGN's measurement, 362 ms per slice in a
+300-slice benchmark at batch 2; 8-slice batches slower again) and hold more activations (about 400 MB more at
+batch 8 than at batch 2)."""
 _HASH_CHUNK = 1 << 20
 
 ProgressFn = Callable[[int, int], None]
