@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import subprocess
 import sys
@@ -134,3 +135,8 @@ def test_quick_page_numbers_come_from_the_scripts(quick_page: tuple[str, Path]) 
             assert variants[pname][0] == f"{1e3 * pen['median_s']:.1f}"
             assert variants[pname][2] == f"{pen['overhead_percent']:.2f}"
             assert variants[pname][3] == f"{pen['peak_rss_mb']:.0f}"
+
+
+def test_docstring_examples() -> None:
+    result = doctest.testmod(bench, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
