@@ -183,7 +183,7 @@ def _load(res: Mapping[str, Any]) -> str:
     return f"{res['load_avg_before'][0]:.1f} / {res['load_avg_after'][0]:.1f}"
 
 
-def machine_lines(machine: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], threads: int | None) -> list[str]:
+def _machine_lines(machine: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], threads: int | None) -> list[str]:
     """The machine section: hardware, software, and the load average around every benchmark."""
     rows = [
         ("CPU", f"{machine['cpu_model']} ({', '.join(machine['cpu_flags']) or 'no AVX-512/AMX flags'})"),
@@ -206,7 +206,7 @@ def machine_lines(machine: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]
     return [*lines, *_table(["benchmark", "before", "after", "wall s"], table), ""]
 
 
-def matmul_lines(matmul: Mapping[str, Any], command: str) -> list[str]:
+def _matmul_lines(matmul: Mapping[str, Any], command: str) -> list[str]:
     """The matmul-peak section."""
     n = matmul["size"]
     rows = [
@@ -230,7 +230,7 @@ def matmul_lines(matmul: Mapping[str, Any], command: str) -> list[str]:
     ]
 
 
-def predict_lines(predict: Mapping[str, Any], matmul: Mapping[str, Any] | None, command: str) -> list[str]:
+def _predict_lines(predict: Mapping[str, Any], matmul: Mapping[str, Any] | None, command: str) -> list[str]:
     """The predict section: per configuration totals and rates, then seconds per stage, then comparisons."""
     results: Mapping[str, Any] = predict["results"]
     gflop = matmul["network"]["gflop_per_slice"] if matmul else None
@@ -322,7 +322,7 @@ def _comparison_lines(comparison: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def train_lines(train: Mapping[str, Any], command: str) -> list[str]:
+def _train_lines(train: Mapping[str, Any], command: str) -> list[str]:
     """The training-step section: one table per configuration, no penalty first, then every penalty."""
     lines = [
         "## Training step",
@@ -385,6 +385,14 @@ def render_page(
         matmul: Parsed ``bench_matmul.py`` JSON, or None.
         predict: Parsed ``bench_predict.py`` JSON, or None.
         train: Parsed ``bench_train.py`` JSON, or None.
+
+    Examples:
+        >>> machine = dict(cpu_model="CPU", cpu_flags=[], cores=2, usable_cores=2, ram_gib=8.0, python="3.11",
+        ...                torch="2.13", covidseg="0.1", commit="abc1234", date="2026-01-01 00:00 UTC")
+        >>> text = render_page(command="python pipelines/benchmarks.py", quick=True, machine=machine, steps=[],
+        ...                    matmul=None, predict=None, train=None)
+        >>> [line for line in text.splitlines() if line.startswith("#")]
+        ['# Benchmarks', '## Machine', '## Targets']
     """
     commands = {s["name"]: s["command"] for s in steps}
     threads = matmul["threads"] if matmul else None
@@ -400,7 +408,7 @@ def render_page(
             "> **Quick run** (`--quick`): tiny sizes that check the generator; the numbers say nothing about speed.",
             "",
         ]
-    lines += machine_lines(machine, steps, threads)
+    lines += _machine_lines(machine, steps, threads)
     rows = target_rows(predict, train)
     lines += [
         "## Targets",
@@ -409,9 +417,9 @@ def render_page(
         "",
     ]
     if matmul:
-        lines += matmul_lines(matmul, commands["matmul"])
+        lines += _matmul_lines(matmul, commands["matmul"])
     if predict:
-        lines += predict_lines(predict, matmul, commands["predict"])
+        lines += _predict_lines(predict, matmul, commands["predict"])
     if train:
-        lines += train_lines(train, commands["train"])
+        lines += _train_lines(train, commands["train"])
     return "\n".join(lines).rstrip() + "\n"

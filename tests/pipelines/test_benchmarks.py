@@ -140,3 +140,12 @@ def test_quick_page_numbers_come_from_the_scripts(quick_page: tuple[str, Path]) 
 def test_docstring_examples() -> None:
     result = doctest.testmod(bench, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("name", ["matmul", "predict", "train"])
+def test_full_run_uses_only_options_the_quick_run_exercises(name: str) -> None:
+    def options(args: list[str]) -> set[str]:
+        return {a for a in args if a.startswith("--")}
+
+    assert options(bench.FULL_ARGS[name]) <= options(bench.QUICK_ARGS[name])
+    assert bench.FULL_ARGS[name] != bench.QUICK_ARGS[name]
