@@ -162,7 +162,8 @@ def load_config(
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from None
     except ConfigError as exc:
-        raise ConfigError(f"invalid config: {exc}") from None
+        message = str(exc)
+        raise ConfigError(message if message.startswith("invalid config") else f"invalid config: {message}") from None
 
 
 def save_config(config: RunConfig, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:

@@ -162,7 +162,7 @@ def _registry_kwargs(registry_name: str) -> tuple[dict[str, type], Iterable[str]
     if registry_name == "penalty":
         from covidseg.transfer.penalties import PENALTIES
 
-        return dict(PENALTIES), ("self", "model", "source_state", "layer_of")
+        return dict(PENALTIES), ("self", "model", "source_state", "layer_of", "fisher")  # fisher: from the run
     from covidseg.transfer.strategies import STRATEGIES
 
     return dict(STRATEGIES), ("self", "partition")
@@ -183,9 +183,7 @@ def _check_registry_params(kind: str, name: str, params: Mapping[str, Any], no_p
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"{kind} {name!r} has no parameter(s) {unknown}; it takes {sorted(accepted)}")
-    missing = sorted(
-        p for p, v in accepted.items() if v.default is inspect.Parameter.empty and p not in params and p != "fisher"
-    )
+    missing = sorted(p for p, v in accepted.items() if v.default is inspect.Parameter.empty and p not in params)
     if missing:
         raise ValueError(f"{kind} {name!r} needs {missing}")
 
@@ -366,6 +364,9 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
+        from covidseg.train.prepare import parse_augment  # imports MONAI; the check belongs to loading
+
+        parse_augment(self.augment)  # unknown augment keys are errors when the config is loaded
         if self.regularization.needs_source and self.source.path is None:
             raise ValueError(
                 f"regularization {self.regularization.name!r} pulls toward source weights: set source.path, "

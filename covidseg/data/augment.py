@@ -85,6 +85,7 @@ class AugmentConfig(BaseModel):
     elastic: bool = False
     """Random elastic deformation (slow on CPU; off by default)."""
     elastic_prob: float = Field(0.2, ge=0.0, le=1.0)
+    """Probability of the elastic deformation when ``elastic`` is on."""
     elastic_spacing_px: float = Field(32.0, gt=0.0)
     """Distance in pixels between the control points of the elastic grid."""
     elastic_magnitude: tuple[float, float] = (1.0, 2.0)
@@ -92,15 +93,19 @@ class AugmentConfig(BaseModel):
     intensity_scale: float = Field(0.1, ge=0.0, le=1.0)
     """Intensities multiplied by (1 + f), f drawn from [-intensity_scale, intensity_scale]."""
     intensity_scale_prob: float = Field(0.3, ge=0.0, le=1.0)
+    """Probability of the intensity scaling."""
     intensity_shift: float = Field(0.05, ge=0.0, le=1.0)
     """Offset drawn from [-intensity_shift, intensity_shift] added to intensities (window units, 1 = 1000 HU)."""
     intensity_shift_prob: float = Field(0.3, ge=0.0, le=1.0)
+    """Probability of the intensity shift."""
     noise_std: float = Field(0.01, ge=0.0, le=1.0)
     """Largest standard deviation of additive Gaussian noise (window units)."""
     noise_prob: float = Field(0.2, ge=0.0, le=1.0)
+    """Probability of additive Gaussian noise."""
     gamma_range: tuple[float, float] = (0.8, 1.25)
     """Contrast gamma range of ``RandAdjustContrastd``."""
     gamma_prob: float = Field(0.2, ge=0.0, le=1.0)
+    """Probability of the contrast (gamma) change."""
     clip: bool = True
     """Clip the augmented image to [0, 1], the range the network sees at inference."""
 

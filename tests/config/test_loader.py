@@ -116,3 +116,18 @@ def test_missing_file_and_bad_override_syntax(tmp_path):
         load_config([tmp_path / "nope.yaml"])
     with pytest.raises(ConfigError, match=r"section\.key=value"):
         apply_overrides({}, ["epochs"])
+
+
+def test_augment_keys_are_checked_when_the_config_loads():
+    with pytest.raises(ConfigError, match=r"augment\.rotate: unknown key; allowed keys: \[.*'rotate_degrees'") as info:
+        load_config(overrides=["augment.rotate=5"])
+    assert str(info.value).count("invalid config") == 1
+    assert load_config(overrides=["augment.rotate_degrees=5"]).augment == {"rotate_degrees": 5}
+
+
+def test_fisher_tensor_is_not_a_config_key():
+    base = ["source.path=/s.pt", "regularization.name=l2sp_fisher", "regularization.schedule=3"]
+    base.append("regularization.decoder_lambda=0.0")
+    assert load_config(overrides=base).regularization.params() == {"schedule": 3, "decoder_lambda": 0.0}
+    with pytest.raises(ConfigError, match=r"has no parameter\(s\) \['fisher'\]"):
+        load_config(overrides=[*base, "regularization.fisher=3"])
