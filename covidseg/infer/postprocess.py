@@ -200,6 +200,20 @@ def _class_index(class_names: Sequence[str], name: str) -> int | None:
     return names.index(name) if name in names else None
 
 
+def _hu_lung_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """The label-free lung mask: the 3-D heuristic for volumes, the per-slice variant for a single slice.
+
+    A single 2-D slice (often a display image cropped around the thorax, HU only approximately known) has no
+    body outline, trachea or left-right axis for the 3-D heuristic to use; the per-slice variant works on relative
+    intensities instead (see :mod:`covidseg.train.pretrain_labels`).
+    """
+    if hu.shape[0] == 1:
+        from covidseg.train.pretrain_labels import slice_lung_mask  # no import cycle: imported when called
+
+        return slice_lung_mask(hu[0], spacing[1:])[None]
+    return classical_lung_mask(hu, spacing)
+
+
 def postprocess(
     labels_or_probs: np.ndarray,
     spacing: Sequence[float],
@@ -275,7 +289,7 @@ def postprocess(
         if np.shape(hu) != labels.shape:
             raise InputError(f"hu shape {np.shape(hu)} differs from the label shape {labels.shape}")
         full_opacity = labels == i_opacity
-        full_lung = classical_lung_mask(np.asarray(hu), spacing_t) | full_opacity
+        full_lung = _hu_lung_mask(np.asarray(hu), spacing_t) | full_opacity
         box = bounding_box(full_lung)
         if box is None:
             return out

@@ -250,3 +250,27 @@ def test_cropped_post_processing_equals_the_whole_volume_computation(phantom, cf
     labels[12:15, 60:64, 5:9] = 2  # opacity outside the lungs
     expected = _reference_postprocess(labels, SPACING, cfg)
     assert np.array_equal(postprocess(labels, SPACING, cfg), expected)
+
+
+def test_single_slice_without_lung_class_uses_the_per_slice_lung_mask():
+    """A cropped 2-D slice: lesions in both lungs are kept (three of them), one in the chest wall is removed."""
+    hu = np.full((1, 120, 120), 40, np.int16)  # tightly cropped: the body fills the image
+    hu[0, :40, :16] = hu[0, :40, -16:] = -1000  # outside air in two corners
+    hu[0, 10:100, 20:54] = -850  # right lung
+    hu[0, 30:100, 66:100] = -850  # left lung
+    labels = np.zeros_like(hu, dtype=np.uint8)
+    lesions = [(slice(20, 30), slice(25, 35)), (slice(60, 70), slice(40, 50)), (slice(50, 60), slice(75, 85))]
+    for rows, cols in lesions:
+        labels[0, rows, cols] = 1
+    labels[0, 105:115, 55:65] = 1  # false positive below the lungs, in soft tissue
+    out = postprocess(
+        labels,
+        (1.0, 1.0, 1.0),
+        PostprocessConfig(min_lesion_ml=0.0, min_lung_component_ml=0.0),
+        class_names=("background", "opacity"),
+        hu=hu,
+    )
+    for rows, cols in lesions:
+        assert (out[0, rows, cols] == 2).all()
+    assert not (out[0, 105:115, 55:65] == 2).any()
+    assert (out[0, 40:90, 25:50] == 1).mean() > 0.9  # the lungs are labelled, not only the lesions
