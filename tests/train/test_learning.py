@@ -1,8 +1,11 @@
-"""The model learns: a short CPU run on toy chests at 128 px reaches a validation opacity 3-D Dice above 0.8.
+"""The model learns: a short CPU run on the synthetic phantom at 128 px reaches validation opacity Dice > 0.8.
 
-Measured on the 2-core development machine: about 15 s per epoch (12 steps of 8 slices + validation of 32
-slices + checkpoints), opacity Dice 0.57 after epoch 2 and 0.9-0.96 from epoch 3 on; the test runs 5 epochs
-(about 85 s; several times longer when other jobs share the cores).
+The phantom (covidseg.data.phantom) has lesions of realistic variety (ground glass and consolidation, peripheral
+and central, several sizes) in 16 x 128 x 128 chests at 20 x 2.8 x 2.8 mm. Twelve cases, 10 training and 2
+validation, augmentation on, slices with lung tissue only, Adam 3e-3 with a cosine schedule, CE + Dice.
+Measured with this test on the 2-core development machine (session 2, one thread, shared with other jobs, 30 min):
+validation opacity Dice 0.654, 0.772, 0.588, 0.745, 0.542, 0.847, 0.857, 0.836, 0.831, 0.840 over the 10 epochs.
+On an idle machine an epoch takes 20-40 s (session 1: 0.83-0.87 from epoch 7 on in a 16-epoch run).
 """
 
 from __future__ import annotations
@@ -14,36 +17,39 @@ import pytest
 
 from covidseg.config import load_config
 from covidseg.train.trainer import train
-from tests.train.synth import volumes_dataset
 
 TARGET_DICE = 0.8
+CONFIGS = Path(__file__).parents[2] / "configs"
 
 
 @pytest.mark.slow
-def test_short_run_learns_opacity(tmp_path: Path) -> None:
-    root = volumes_dataset(tmp_path / "data", 8, shape=(16, 128, 128), first_seed=100)
+def test_short_phantom_run_learns_opacity(tmp_path: Path) -> None:
     config = load_config(
+        [CONFIGS / "datasets" / "phantom.yaml", CONFIGS / "schemes" / "none.yaml"],
         overrides=[
-            "data.layout=volumes",
-            f"data.root={root}",
-            "data.val_fraction=0.25",  # 6 training cases (96 slices), 2 validation cases
+            "data.options={n_cases: 12, shape: [16, 128, 128], spacing: [20.0, 2.8, 2.8], n_lesions: [6, 10]}",
+            "data.val_fraction=0.17",  # 10 training cases, 2 validation cases
+            "data.slice_filter=nonempty_lung",
+            f"data.cache_dir={tmp_path / 'cache'}",
             "preprocess.slice_size=[128, 128]",
+            "augment.enabled=true",
             "loss.dice_weight=1.0",
-            "optim.lr=0.001",
-            "train.epochs=5",
-            "train.batch_size=8",
+            "optim.name=adam",
+            "optim.lr=0.003",
+            "optim.scheduler=cosine",
+            "train.epochs=10",
+            "train.batch_size=4",
             "train.device=cpu",
             "train.early_stopping_patience=0",
-            "augment.enabled=false",
             f"output.root={tmp_path / 'runs'}",
             "output.name=learn",
             "output.tensorboard=false",
-        ]
+        ],
     )
     start = time.perf_counter()
     result = train(config)
     elapsed = time.perf_counter() - start
-    dice = [row["val_dice_opacity"] for row in result.history]
-    print(f"learning run: {elapsed:.0f} s, validation opacity Dice per epoch {[round(d, 3) for d in dice]}")
+    dice = [round(row["val_dice_opacity"], 3) for row in result.history]
+    print(f"learning run: {elapsed:.0f} s, validation opacity Dice per epoch {dice}")
     assert result.best_metric > TARGET_DICE, dice
-    assert result.history[-1]["val_dice_lung"] > TARGET_DICE
+    assert result.history[-1]["val_dice_lung"] > 0.9
