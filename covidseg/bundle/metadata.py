@@ -34,10 +34,10 @@ SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/do
 """The official MONAI bundle metadata schema the ``schema`` entry points at."""
 LOCAL_SCHEMA = "schema/metadata_schema.json"
 """The offline schema, relative to the ``covidseg.bundle`` package."""
-REQUIRED_PACKAGES = ("nibabel", "scipy")
-"""Packages the bundle needs besides MONAI, PyTorch and NumPy (NIfTI reading, post-processing). Written as
-``required_packages_version``: MONAI 1.4+ reads the older ``optional_packages_version`` as a deprecated alias
-of it (and replaces one with the other), so only the current name is written."""
+REQUIRED_PACKAGES = ("nibabel", "scipy", "scikit-image")
+"""Packages the bundle needs besides MONAI, PyTorch and NumPy (NIfTI reading, post-processing, the 2-D lung
+mask). Written as ``required_packages_version``: MONAI 1.4+ reads the older ``optional_packages_version`` as a
+deprecated alias of it (and replaces one with the other), so only the current name is written."""
 _UNKNOWN = "unknown"
 
 

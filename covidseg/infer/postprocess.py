@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from covidseg.errors import ConfigError, InputError
-from covidseg.infer.lungmask import classical_lung_mask
+from covidseg.infer.lungmask import classical_lung_mask, slice_lung_mask
 from covidseg.infer.masks import (
     bounding_box,
     fill_holes,
@@ -208,8 +208,6 @@ def _hu_lung_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.nda
     intensities instead (see :mod:`covidseg.train.pretrain_labels`).
     """
     if hu.shape[0] == 1:
-        from covidseg.train.pretrain_labels import slice_lung_mask  # no import cycle: imported when called
-
         return slice_lung_mask(hu[0], spacing[1:])[None]
     return classical_lung_mask(hu, spacing)
 

@@ -63,15 +63,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage as ndi
-from skimage.filters import threshold_otsu
 
 from covidseg.data.cache import LABEL_RESIZE_MODE, CachedCase, SliceCache, open_entry
 from covidseg.data.cases import CaseRecord, load_case
 from covidseg.data.preprocess import PreprocessConfig
 from covidseg.errors import ConfigError, InputError, OutputExistsError
-from covidseg.infer.lungmask import MAX_HOLE_MM2, classical_lung_mask
-from covidseg.infer.masks import fill_holes
+from covidseg.infer.lungmask import (
+    AIR_EXCLUSION_FRACTION,
+    MAX_LUNG_COMPONENTS,
+    MAX_PURE_AIR_FRACTION,
+    MIN_LUNG_AREA_MM2,
+    OUTSIDE_AIR_SIDES,
+    PURE_AIR_RANGE_FRACTION,
+    classical_lung_mask,
+    slice_lung_mask,
+)
 from covidseg.io.atomic import atomic_dir
 
 __all__ = [
@@ -92,83 +98,11 @@ __all__ = [
 
 LUNG_CLASSES: tuple[str, ...] = ("background", "lung")
 """Classes of the lung-mask generators (index = label value)."""
-PURE_AIR_RANGE_FRACTION = 0.1
-"""Pure air: the darkest 10 % of the range from the slice's low percentile up to the air threshold."""
-MAX_PURE_AIR_FRACTION = 0.25
-"""Lung components have at most this fraction of pure air (outside air, airways and gas: 0.3 and more)."""
-LOW_PERCENTILE = 0.5
-"""The slice's dark (and, mirrored, bright) reference level: a percentile, robust to a few extreme pixels."""
-AIR_EXCLUSION_FRACTION = 0.05
-"""Pixels within 5 % of the slice's range above its dark level (air) are left out of the Otsu threshold, so
-that it separates lung from soft tissue even when much of the image is outside air."""
-MIN_LUNG_AREA_MM2 = 150.0
-"""Smallest lung cross-section kept (mm² of one slice)."""
-MAX_LUNG_COMPONENTS = 2
-"""At most this many lung components per slice (the two lungs)."""
-OUTSIDE_AIR_SIDES = 3
-"""An air component touching this many image sides surrounds the body: outside air."""
 GENERATED_DIR = "generated"
 """Folder under the slice-cache root that holds generated-label entries."""
 _FORMAT = "covidseg-generated-labels"
 _VERSION = 1
 _BATCH = 32
-
-
-def _image_sides(labels: np.ndarray, n: int) -> np.ndarray:
-    """How many of the four image sides each component label touches, ``(n + 1,)``."""
-    sides = np.zeros(n + 1, np.int64)
-    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-        touched = np.zeros(n + 1, bool)
-        touched[edge] = True
-        sides += touched
-    return sides
-
-
-def slice_lung_mask(hu: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """Lung mask of one axial slice from relative intensities (see the module docstring for the steps).
-
-    Args:
-        hu: ``(Y, X)`` slice in HU (or HU mapped back from a display image).
-        spacing: Pixel size ``(y, x)`` in mm.
-
-    Returns:
-        Boolean ``(Y, X)`` mask; all False when the slice holds no lung-like region.
-
-    Examples:
-        >>> hu = np.full((60, 60), 40, np.int16)  # tightly cropped: the body fills the image
-        >>> hu[:20, :8] = hu[:20, -8:] = -1000  # outside air in two corners
-        >>> hu[0:45, 10:27] = -850  # a lung cut by the top edge of the crop
-        >>> hu[15:45, 33:50] = -850
-        >>> hu[30, 40] = 40  # a vessel
-        >>> int(slice_lung_mask(hu, (1.0, 1.0)).sum()) == 45 * 17 + 30 * 17
-        True
-    """
-    image = np.asarray(hu, dtype=np.float32)
-    if image.ndim != 2:
-        raise ValueError(f"hu must be one (Y, X) slice, got shape {image.shape}")
-    out = np.zeros(image.shape, dtype=bool)
-    if float(image.max()) <= float(image.min()):
-        return out
-    low, high = (float(v) for v in np.percentile(image, [LOW_PERCENTILE, 100 - LOW_PERCENTILE]))
-    above_air = image[image > low + AIR_EXCLUSION_FRACTION * (high - low)]
-    threshold = float(threshold_otsu(above_air)) if above_air.size and np.ptp(above_air) > 0 else high
-    pure_level = low + PURE_AIR_RANGE_FRACTION * max(threshold - low, 0.0)
-    labels, n = ndi.label(image < threshold)
-    if n == 0:
-        return out
-    index = np.arange(1, n + 1)
-    sizes = np.concatenate([[0], ndi.sum_labels(np.ones_like(image), labels, index)])
-    pure = np.concatenate([[0], ndi.sum_labels(image <= pure_level, labels, index)])
-    pixel_mm2 = float(spacing[0]) * float(spacing[1])
-    lung_like = (sizes * pixel_mm2 >= MIN_LUNG_AREA_MM2) & (pure <= MAX_PURE_AIR_FRACTION * sizes)
-    lung_like &= _image_sides(labels, n) < OUTSIDE_AIR_SIDES
-    lung_like[0] = False
-    candidates = np.flatnonzero(lung_like)
-    if candidates.size == 0:
-        return out
-    keep = candidates[np.argsort(-sizes[candidates], kind="stable")][:MAX_LUNG_COMPONENTS]
-    out = np.isin(labels, keep)
-    return fill_holes(out[None], "slice", int(MAX_HOLE_MM2 / pixel_mm2))[0]
 
 
 def _slicewise(hu: np.ndarray, spacing: Sequence[float]) -> np.ndarray:

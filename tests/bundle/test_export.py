@@ -79,7 +79,7 @@ def test_metadata_comes_from_the_checkpoint(exported, checkpoint):
     assert pred["channel_def"] == {"0": "background", "1": "lung", "2": "opacity"}
     assert meta["eval_metrics"] == {"validation_dice_opacity": 0.8125}
     assert meta["covidseg"]["checkpoint"] == "best.pt" and len(meta["covidseg"]["checkpoint_sha256"]) == 64
-    assert meta["required_packages_version"].keys() == {"nibabel", "scipy"}
+    assert meta["required_packages_version"].keys() == {"nibabel", "scipy", "scikit-image"}
 
 
 def test_inference_config_is_generated_from_the_spec(exported, checkpoint):
