@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from covidseg.config.sections import RunConfig
 from covidseg.errors import ConfigError
 
-__all__ = ["apply_overrides", "load_config", "merge_yaml_files", "save_config"]
+__all__ = ["apply_overrides", "load_config", "merge_yaml_files", "read_yaml_mapping", "save_config"]
 
 
 def _deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,6 +129,36 @@ def merge_yaml_files(paths: Sequence[str | os.PathLike[str]], base: Mapping[str,
     for path in paths:
         data = _deep_merge(data, _read_yaml(Path(path)))
     return data
+
+
+def read_yaml_mapping(path: str | os.PathLike[str], *, name: str, see: str, contents: str) -> dict[str, Any]:
+    """Read a preset file (sweep, Table 1, study ...) that must hold a YAML mapping; one-line errors otherwise.
+
+    Args:
+        path: The YAML file.
+        name: What the file is, for the messages (e.g. ``"sweep spec"``).
+        see: Where examples are, e.g. ``"see configs/sweep/ for examples"``.
+        contents: What the mapping holds, e.g. ``"with base:, grid:, ..."``.
+
+    Raises:
+        ConfigError: Missing file, invalid YAML, or not a mapping.
+
+    Examples:
+        >>> read_yaml_mapping("no/such.yaml", name="sweep spec", see="see configs/sweep/", contents="")
+        Traceback (most recent call last):
+        ...
+        covidseg.errors.ConfigError: sweep spec no/such.yaml does not exist; see configs/sweep/
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{name} {file} does not exist; {see}")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file} must hold a mapping {contents}")
+    return raw
 
 
 def load_config(

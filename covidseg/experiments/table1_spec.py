@@ -47,10 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from covidseg.config.loader import apply_overrides
+from covidseg.config.loader import apply_overrides, read_yaml_mapping
 from covidseg.errors import ConfigError
 
 __all__ = [
@@ -344,14 +343,9 @@ def load_table1_spec(path: str | os.PathLike[str], overrides: list[str] | tuple[
         covidseg.errors.ConfigError: Table 1 preset no/such/preset.yaml does not exist; see configs/experiments/
     """
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"Table 1 preset {file} does not exist; see configs/experiments/")
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{file} must hold a mapping with base:, schemes:, sources:, grid:")
+    raw = read_yaml_mapping(
+        file, name="Table 1 preset", see="see configs/experiments/", contents="with base:, schemes:, sources:, grid:"
+    )
     try:
         return Table1Spec.model_validate(apply_overrides(_resolve_raw(raw, file.parent), overrides))
     except ValidationError as exc:

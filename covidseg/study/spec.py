@@ -22,10 +22,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from covidseg.errors import ConfigError, InputError
+from covidseg.config.loader import read_yaml_mapping
+from covidseg.errors import ConfigError
 
 __all__ = ["FinalSection", "SchemeSection", "SourceSection", "StudySpec", "load_study_spec"]
 
@@ -154,8 +154,7 @@ def load_study_spec(path: str | os.PathLike[str], overrides: dict[str, object] |
         overrides: Top-level keys replaced after reading (e.g. ``{"folds": 3}``).
 
     Raises:
-        InputError: The file is missing or is not YAML.
-        ConfigError: Unknown keys or invalid values (one line naming the key).
+        ConfigError: A missing file, invalid YAML, unknown keys or invalid values (one line naming the key).
 
     Examples:
         >>> import tempfile
@@ -170,14 +169,9 @@ def load_study_spec(path: str | os.PathLike[str], overrides: dict[str, object] |
         covidseg.errors.ConfigError: ...: fold: Extra inputs are not permitted
     """
     file = Path(path)
-    if not file.is_file():
-        raise InputError(f"study preset {file} does not exist; see configs/study/ for examples")
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"{file} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{file} must hold a mapping of study settings")
+    raw = read_yaml_mapping(
+        file, name="study preset", see="see configs/study/ for examples", contents="of study settings"
+    )
     raw.update(overrides or {})
     try:
         return StudySpec.model_validate(raw)

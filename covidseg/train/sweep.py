@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rich.console import Console
 
 from covidseg.config import RunConfig, load_config
-from covidseg.config.loader import apply_overrides
+from covidseg.config.loader import apply_overrides, read_yaml_mapping
 from covidseg.errors import ConfigError
 from covidseg.io.atomic import atomic_path
 
@@ -164,14 +164,9 @@ def load_sweep_spec(path: str | os.PathLike[str]) -> SweepSpec:
         ConfigError: Missing file, bad YAML, unknown keys or invalid values (one line).
     """
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"sweep spec {file} does not exist; see configs/sweep/ for examples")
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{file} must hold a mapping with base:, grid:, ...")
+    raw = read_yaml_mapping(
+        file, name="sweep spec", see="see configs/sweep/ for examples", contents="with base:, grid:, ..."
+    )
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as exc:
