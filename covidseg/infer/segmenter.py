@@ -31,6 +31,7 @@ from covidseg.infer.fastpath import slices_to_run
 from covidseg.infer.postprocess import postprocess
 from covidseg.infer.spec import InferenceSpec
 from covidseg.io.volume import CTVolume
+from covidseg.model.fusion import fold_batchnorm as fold_conv_batchnorm
 
 __all__ = [
     "PROBABILITY_DTYPES",
@@ -204,6 +205,9 @@ class Segmenter:
             in fp32 and bf16 alike (oneDNN's convolutions run natively in it), not on CUDA.
         batch_size: Slices per network call (does not change results).
         info: Provenance of the weights.
+        fold_batchnorm: Run a copy of the model with each BatchNorm that follows a conv folded into the conv
+            (:func:`covidseg.model.fusion.fold_batchnorm`): the same outputs to float rounding, a few percent
+            faster. The caller's ``model`` is left as it is.
 
     Examples:
         >>> from covidseg.io import CTVolume, canonical_affine
@@ -228,6 +232,7 @@ class Segmenter:
         channels_last: bool | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         info: ModelInfo | None = None,
+        fold_batchnorm: bool = True,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -239,6 +244,8 @@ class Segmenter:
         self.channels_last = self.device.type == "cpu" if channels_last is None else bool(channels_last)
         self.info = info or ModelInfo(description=type(model).__name__)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        if fold_batchnorm:
+            model = fold_conv_batchnorm(model)
         self.model = model.to(device=self.device, memory_format=memory_format).eval()  # type: ignore[call-overload]
 
     @classmethod
@@ -251,6 +258,7 @@ class Segmenter:
         channels_last: bool | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         skip_empty_slices: bool | None = None,
+        fold_batchnorm: bool = True,
     ) -> Segmenter:
         """Load a covidseg checkpoint (``weights_only``), check it, and build its spec with the overrides.
 
@@ -261,6 +269,7 @@ class Segmenter:
             channels_last: See :class:`Segmenter`.
             batch_size: See :class:`Segmenter`.
             skip_empty_slices: Turn the fast path on/off; None keeps the checkpoint's (off).
+            fold_batchnorm: See :class:`Segmenter`.
 
         Raises:
             InputError: Missing, non-checkpoint, tampered or unreadable file; another architecture (weights that
@@ -281,11 +290,21 @@ class Segmenter:
         checkpoint = load_checkpoint(path)
         spec = InferenceSpec.from_checkpoint(checkpoint, str(path))
         spec = spec.with_overrides(precision=precision, skip_empty_slices=skip_empty_slices)
-        model = build_model_from_checkpoint(checkpoint)
+        model: nn.Module = build_model_from_checkpoint(checkpoint)
+        if fold_batchnorm:  # built here: folded in place, without the copy the constructor would make
+            model = fold_conv_batchnorm(model, inplace=True)
         del checkpoint
         release_freed_memory()  # the loaded state dict was copied into the model
         info = ModelInfo(path=Path(path).resolve(), sha256=file_sha256(path), description=type(model).__name__)
-        return cls(model, spec, device=device, channels_last=channels_last, batch_size=batch_size, info=info)
+        return cls(
+            model,
+            spec,
+            device=device,
+            channels_last=channels_last,
+            batch_size=batch_size,
+            info=info,
+            fold_batchnorm=False,
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.spec.precision == "fp32":

@@ -194,6 +194,9 @@ class DecoderBlock(nn.Module):
         torch.Size([1, 6, 8, 8])
     """
 
+    #: The (conv, BatchNorm) neighbours :func:`covidseg.model.fusion.fold_batchnorm` folds for inference.
+    conv_bn_pairs: tuple[tuple[str, str], ...] = (("conv1", "norm1"), ("conv2", "norm2"))
+
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
@@ -207,8 +210,9 @@ class DecoderBlock(nn.Module):
         x = self.up(x)
         if skip is not None:
             x = torch.cat([x, skip.to(x.dtype)], dim=1)
-        x = F.relu(self.norm1(self.conv1(x)))
-        return F.relu(self.norm2(self.conv2(x)))
+        # In place: the BatchNorm outputs are not needed again (BatchNorm's backward uses its input).
+        x = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        return F.relu(self.norm2(self.conv2(x)), inplace=True)
 
 
 class DenseUNet(nn.Module):
@@ -251,7 +255,7 @@ class DenseUNet(nn.Module):
             x = layer(x)
             if i in self.skip_indices:
                 skips.append(x)
-        x = F.relu(x)
+        x = F.relu(x)  # not in place: hooks (pseudo-task regularization) may hold norm5's output
         n_skips = len(skips)
         for j, block in enumerate(self.decoder):
             x = block(x, skips[n_skips - 1 - j]) if j < n_skips else block(x, None)

@@ -278,3 +278,27 @@ def test_channels_last_is_the_cpu_default_and_does_not_change_labels(chest):
     assert not plain.channels_last
     a, b = auto.predict(volume).labels, plain.predict(volume).labels
     assert len(np.unique(a)) == 3 and np.mean(a == b) > 0.9999
+
+
+def test_batchnorm_folding_is_the_default_and_does_not_change_labels(chest):
+    """A calibrated DenseUNet: folded (default) and unfolded runs give the same labels; the caller's model stays."""
+    volume, _ = chest
+    config = UNetConfig(class_names=("background", "lung", "opacity"), decoder_channels=SMALL_DECODER)
+    spec = InferenceSpec(preprocess=PreprocessConfig(slice_size=(64, 64)))
+    model = calibrated_unet(config)
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    folded = Segmenter(model, spec, device="cpu")
+    plain = Segmenter(model, spec, device="cpu", fold_batchnorm=False)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.model.modules()) == norms - 69
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == norms
+    a, b = folded.predict(volume).labels, plain.predict(volume).labels
+    assert len(np.unique(a)) == 3 and np.mean(a == b) > 0.9999
+
+
+def test_checkpoint_segmenter_folds_batchnorm(best_pt, chest):
+    folded = Segmenter.from_checkpoint(best_pt, device="cpu")
+    plain = Segmenter.from_checkpoint(best_pt, device="cpu", fold_batchnorm=False)
+    count = [sum(isinstance(m, torch.nn.BatchNorm2d) for m in s.model.modules()) for s in (folded, plain)]
+    assert count[0] == count[1] - 69
+    volume, _ = chest
+    assert np.mean(folded.predict(volume).labels == plain.predict(volume).labels) > 0.9999
