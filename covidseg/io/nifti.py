@@ -5,10 +5,14 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
+from isal import igzip
+from isal.igzip_lib import IsalError
+from nibabel.filebasedimages import FileBasedImage, ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
 from covidseg.errors import InputError
 from covidseg.io.sanity import one_line
@@ -16,8 +20,24 @@ from covidseg.io.sanity import one_line
 #: NIfTI xform code "scanner anatomical", used for outputs that have no NIfTI input to copy codes from.
 XFORM_SCANNER = 1
 
+# isal's stubs declare IsalError an Exception instance; it is the class of its decompression errors.
+_ISAL_ERROR = cast(type[Exception], IsalError)
 # Errors nibabel and the gzip layer raise on empty, truncated or corrupt files.
-_READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error, KeyError)
+_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error, _ISAL_ERROR, KeyError)
+#: ``sizeof_hdr`` of NIfTI-1 and NIfTI-2 headers (the first four bytes, either byte order).
+_HEADER_SIZES = {348: nib.Nifti1Image, 540: nib.Nifti2Image}
+
+
+def _load_image(path: Path) -> FileBasedImage:
+    """Load with nibabel; ``.gz`` files are decompressed with ISA-L (about twice as fast as zlib) first."""
+    if not path.name.lower().endswith(".gz"):
+        return nib.load(str(path), mmap=False)
+    data = igzip.decompress(path.read_bytes())
+    for byteorder in ("little", "big"):
+        image_class = _HEADER_SIZES.get(int.from_bytes(data[:4], byteorder))
+        if image_class is not None:
+            return image_class.from_bytes(data)
+    return nib.load(str(path), mmap=False)  # not NIfTI inside: nibabel says what it is
 
 
 @dataclass
@@ -49,7 +69,7 @@ def read_nifti(path: Path) -> NiftiData:
     try:
         if path.stat().st_size == 0:
             raise InputError(f"{path}: the file is empty (0 bytes); re-export or re-download the scan")
-        img = nib.load(str(path), mmap=False)
+        img = _load_image(path)
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise InputError(f"{path}: not a NIfTI image ({type(img).__name__}); pass a .nii or .nii.gz file")
         array = np.asanyarray(img.dataobj)

@@ -181,3 +181,23 @@ def test_distinct_sform_and_qform_are_both_written_back(tmp_path):
     np.testing.assert_allclose(hdr.get_sform(), sform, atol=1e-6)
     np.testing.assert_allclose(hdr.get_qform(), qform, atol=1e-6)
     assert (int(hdr["sform_code"]), int(hdr["qform_code"])) == (4, 1)
+
+
+@pytest.mark.parametrize(
+    ("image_class", "dtype"),
+    [(nib.Nifti1Image, "<i2"), (nib.Nifti1Image, ">i2"), (nib.Nifti2Image, "<i2"), (nib.Nifti2Image, ">f4")],
+)
+def test_gzipped_nifti_1_and_2_in_either_byte_order_read_like_nibabel(tmp_path, image_class, dtype) -> None:
+    """The ISA-L reading path of .nii.gz gives nibabel's array, affine and header class."""
+    rng = np.random.default_rng(0)
+    array = rng.integers(-1000, 400, (5, 6, 7)).astype(dtype)
+    affine = np.array([[-0.7, 0, 0, 10], [0, 0.7, 0.1, -20], [0, 0, 2.5, 30], [0, 0, 0, 1]])
+    image = image_class(array, affine)
+    image.header.set_data_dtype(np.dtype(dtype))
+    path = tmp_path / "scan.nii.gz"
+    nib.save(image, path)
+    reference = nib.load(path)
+    got = read_nifti(path)
+    assert type(got.header) is type(reference.header)
+    np.testing.assert_array_equal(got.array, np.asanyarray(reference.dataobj))
+    np.testing.assert_allclose(got.affine, reference.affine)
