@@ -65,8 +65,24 @@ def _main_options(
     version: Annotated[
         bool, typer.Option("--version", help="Print the version and exit.", callback=_version_callback, is_eager=True)
     ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            envvar="COVIDSEG_THREADS",
+            help=(
+                "CPU threads for torch (default: one per core). On a machine shared with other jobs, fewer "
+                "threads than cores avoid the slowdown of threads waiting for each other."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Segment COVID-19 lung opacities in chest CT; fine-tune with transfer regularization."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @command("info")

@@ -161,6 +161,23 @@ def test_version():
     assert result.exit_code == 0 and result.output.startswith("covidseg ")
 
 
+def test_threads_option_sets_torch_threads(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = runner.invoke(app, ["--threads", "1", "info", str(_ct(tmp_path / "ct.nii.gz")), "--json"])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        result = runner.invoke(app, ["info", str(tmp_path / "ct.nii.gz")], env={"COVIDSEG_THREADS": "1"})
+        assert result.exit_code == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    bad = runner.invoke(app, ["--threads", "0", "info", str(tmp_path / "ct.nii.gz")])
+    assert bad.exit_code == 2 and "--threads" in bad.output
+
+
 def _dicom_volume(n_slices: int, seed: int = 0):
     from covidseg.io import CTVolume, canonical_affine
 
