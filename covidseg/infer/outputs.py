@@ -6,9 +6,11 @@ For a scan named ``<name>`` in the output folder:
 ``<name>_labels<ext>``          uint8 label map (0 background, 1 lung, 2 opacity) in exactly the input's
                                 geometry; ``<ext>`` keeps the input's format family: ``.nii.gz`` for
                                 NIfTI, ``.mha`` for MHA/MHD, ``.nrrd`` for NRRD, ``.nii.gz`` for DICOM
-                                series and slice images
+                                series, ``.png`` for slice images (a palette PNG: pixel values are the
+                                labels, shown in colour, in the input image's pixel layout)
 ``<name>_opacity_prob<ext>``    optional opacity probability: float32 (from float16) in [0, 1], or uint8
-                                ``round(255 p)``
+                                ``round(255 p)``; for slice images a grayscale PNG when uint8 (float16
+                                maps go to ``.nii.gz``)
 ``<name>_report.json``          volumes, involvement, zone grades, lesion count + provenance (model and
                                 its SHA-256, the inference spec, software versions)
 ``<name>_overview.png``         axial montage and coronal view with lungs outlined and opacity filled
@@ -55,7 +57,7 @@ LABEL_SUFFIX = {
     "mhd": ".mha",
     "nrrd": ".nrrd",
     "dicom": ".nii.gz",
-    "image": ".nii.gz",
+    "image": ".png",
 }
 """Suffix of the label map (and probability map) per input format family."""
 PROBABILITY_KINDS = ("none", "float16", "uint8")
@@ -162,11 +164,13 @@ def plan_outputs(
     folder = Path(out_dir)
     family = input_family(scan)
     ext = LABEL_SUFFIX[family]
+    # A PNG holds 8 bits: float probability maps of slice images go to NIfTI.
+    probability_ext = ".nii.gz" if ext == ".png" and options.probability == "float16" else ext
     return ScanOutputs(
         name=stem,
         labels=folder / f"{stem}_labels{ext}",
         report=folder / f"{stem}_report.json",
-        probability=folder / f"{stem}_opacity_prob{ext}" if options.probability != "none" else None,
+        probability=folder / f"{stem}_opacity_prob{probability_ext}" if options.probability != "none" else None,
         overview=folder / f"{stem}_overview.png" if options.overview else None,
         dicom_seg=folder / f"{stem}_seg.dcm" if options.dicom_seg and family == "dicom" else None,
     )

@@ -159,10 +159,23 @@ def test_slice_image_input(phantom, tmp_path):
     z = int(np.argmax((phantom.labels == 2).sum(axis=(1, 2))))
     gray = np.clip((phantom.hu[z].astype(np.float32) + 1350) / 1500 * 255, 0, 255).astype(np.uint8)
     Image.fromarray(gray).save(tmp_path / "slice.png")
-    result = predict_scan(tmp_path / "slice.png", analytic_segmenter(96), tmp_path / "out", options=NO_OVERVIEW)
-    assert result.outputs["labels"].name == "slice_labels.nii.gz"
-    assert nib.load(result.outputs["labels"]).shape[:2] == (96, 96)
+    options = PredictOptions(OutputOptions(probability="uint8", overview=False))
+    result = predict_scan(tmp_path / "slice.png", analytic_segmenter(96), tmp_path / "out", options=options)
+    assert result.outputs["labels"].name == "slice_labels.png"
+    assert result.outputs["probability"].name == "slice_opacity_prob.png"
+    with Image.open(result.outputs["labels"]) as image:
+        assert image.mode == "P" and image.getpalette()[3:9] == [70, 130, 180, 220, 50, 47]
+        labels = np.asarray(image)
+    # The label map lies on the input image's pixels: its opacity covers the phantom's lesions on that slice.
+    truth = phantom.labels[z] == 2
+    assert labels.shape == gray.shape and set(np.unique(labels)) <= {0, 1, 2}
+    assert 2 * np.sum((labels == 2) & truth) / (np.sum(labels == 2) + np.sum(truth)) > 0.5
+    with Image.open(result.outputs["probability"]) as image:
+        assert image.mode == "L" and np.asarray(image)[labels == 2].min() > 255 / 3
     assert any("single-slice" in w for w in result.report["warnings"])
+    float_maps = PredictOptions(OutputOptions(probability="float16", overview=False))
+    again = predict_scan(tmp_path / "slice.png", analytic_segmenter(96), tmp_path / "float", options=float_maps)
+    assert again.outputs["probability"].name == "slice_opacity_prob.nii.gz"
 
 
 @pytest.mark.skipif(not REAL_CT.is_file(), reason="real CT not available (../shared/data/real-ct)")

@@ -50,9 +50,9 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
     assert np.asarray(nib.load(out).dataobj).min() == 1
 
 
-@pytest.mark.parametrize("name", ["mask.mhd", "mask.png", "mask", "mask.nii.bz2"])
+@pytest.mark.parametrize("name", ["mask.mhd", "mask.jpg", "mask", "mask.nii.bz2"])
 def test_unsupported_suffix_is_an_input_error_and_writes_nothing(tmp_path, name):
-    with pytest.raises(InputError, match=r"cannot write .* use one of \.nii\.gz, \.nii, \.mha, \.nrrd"):
+    with pytest.raises(InputError, match=r"cannot write .* use one of \.nii\.gz, \.nii, \.mha, \.nrrd, \.png"):
         save_mask(np.zeros(SHAPE, np.uint8), _volume(), tmp_path / name)
     assert list(tmp_path.iterdir()) == []
 
@@ -103,3 +103,25 @@ def test_channel_axis_is_written(tmp_path, suffix):
     else:
         img = sitk.ReadImage(str(out))
         assert img.GetNumberOfComponentsPerPixel() == 2 and img.GetSize() == SHAPE[::-1]
+
+
+def test_single_slice_label_maps_and_uint8_maps_write_as_png(tmp_path):
+    from PIL import Image
+
+    from covidseg.io.save import LABEL_PALETTE
+
+    one = CTVolume.from_canonical(np.zeros((1, 5, 7), np.int16), canonical_affine())
+    labels = np.zeros((1, 5, 7), np.uint8)
+    labels[0, 1:3, 2:5], labels[0, 2, 3], labels[0, 4, 6] = 1, 2, 9
+    with Image.open(save_mask(labels, one, tmp_path / "m.png")) as image:
+        assert image.mode == "P" and np.array_equal(np.asarray(image), labels[0])
+        assert image.getpalette()[:9] == [c for colour in LABEL_PALETTE for c in colour]
+    with Image.open(save_volume(labels * 20, one, tmp_path / "p.png")) as image:
+        assert image.mode == "L" and np.array_equal(np.asarray(image), labels[0] * 20)
+    with pytest.raises(InputError, match="one slice"):
+        save_mask(
+            np.zeros((2, 5, 7), np.uint8), CTVolume.from_canonical(np.zeros((2, 5, 7)), np.eye(4)), tmp_path / "x.png"
+        )
+    with pytest.raises(InputError, match="8-bit"):
+        save_volume(np.zeros((1, 5, 7), np.float32), one, tmp_path / "f.png")
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "f.png").exists()
