@@ -261,8 +261,14 @@ def predict(
         ),
     ] = None,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Slices per network call (1 is fastest on CPU at 384 px).", min=1)
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--batch-size",
+            help="Slices per network call. Default: on CPU 2 in fp32 and 4 in bf16 (the fastest measured), 8 on CUDA.",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     prob_map: Annotated[
         str, typer.Option("--prob-map", help="Also write the opacity probability: none, float16 or uint8 (0-255).")

@@ -139,7 +139,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from covidseg.infer.outputs import OutputOptions
     from covidseg.infer.pipeline import PredictOptions, predict_scan
-    from covidseg.infer.segmenter import DEFAULT_BATCH_SIZE, Segmenter
+    from covidseg.infer.segmenter import Segmenter
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -151,7 +151,7 @@ def worker(args: argparse.Namespace) -> None:
         device="cpu",
         precision=cfg["precision"],
         channels_last=cfg["channels_last"],
-        batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
+        batch_size=args.batch_size or None,
         skip_empty_slices=cfg["fast"],
     )
     model_load = time.perf_counter() - start

@@ -39,6 +39,7 @@ __all__ = [
     "Prediction",
     "Segmenter",
     "argmax_classes",
+    "default_batch_size",
     "release_freed_memory",
     "resolve_device",
 ]
@@ -47,11 +48,13 @@ PROBABILITY_DTYPES = ("none", "float16", "uint8")
 """How the opacity probability is kept: not at all, as float16, or scaled to 0..255 as uint8."""
 UINT8_SCALE = 255.0
 """A probability p is stored as ``round(p * 255)`` in uint8 probability maps."""
-DEFAULT_BATCH_SIZE = 1
-"""Axial slices per network call. One on purpose: on the 2-core development CPU larger batches are slower per slice
-at 384 x 384 (fp32, idle machine: about 240 ms per slice at batch 1 in DESIGN's measurement, 362 ms per slice in a
-300-slice benchmark at batch 2; 8-slice batches slower again) and hold more activations (about 400 MB more at
-batch 8 than at batch 2)."""
+DEFAULT_BATCH_SIZES: dict[tuple[str, str], int] = {("cpu", "fp32"): 2, ("cpu", "bf16"): 4}
+"""Axial slices per network call by (device type, precision) when none is given. Measured on the 2-core
+development CPU (AVX-512 + AMX, 384 x 384, channels-last, 300-slice scan, ``pipelines/bench_predict.py
+--batch-size N``): bf16 network 137 ms per slice at batch 1, 134 at 2, 97-109 at 4, 111 at 8 (AMX tiles fill
+better); fp32 265 at 1, 248 at 2, 262 at 4. Peak memory stays near 1.1 GB at batch 4."""
+CUDA_DEFAULT_BATCH_SIZE = 8
+"""Slices per call on CUDA when none is given (not measured here: no GPU on the development machine)."""
 _HASH_CHUNK = 1 << 20
 
 ProgressFn = Callable[[int, int], None]
@@ -97,6 +100,18 @@ class Prediction:
     skipped_slices: int
     slices_run: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def default_batch_size(device: torch.device, precision: str) -> int:
+    """Slices per network call when none is given: :data:`DEFAULT_BATCH_SIZES`, or CUDA's default.
+
+    Examples:
+        >>> default_batch_size(torch.device("cpu"), "bf16"), default_batch_size(torch.device("cpu"), "fp32")
+        (4, 2)
+    """
+    if device.type == "cuda":
+        return CUDA_DEFAULT_BATCH_SIZE
+    return DEFAULT_BATCH_SIZES.get((device.type, precision), 1)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -203,7 +218,7 @@ class Segmenter:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         channels_last: Run the network in channels-last memory format; None (default): on CPU, where it is faster
             in fp32 and bf16 alike (oneDNN's convolutions run natively in it), not on CUDA.
-        batch_size: Slices per network call (does not change results).
+        batch_size: Slices per network call (does not change results); None: :func:`default_batch_size`.
         info: Provenance of the weights.
         fold_batchnorm: Run a copy of the model with each BatchNorm that follows a conv folded into the conv
             (:func:`covidseg.model.fusion.fold_batchnorm`): the same outputs to float rounding, a few percent
@@ -230,13 +245,15 @@ class Segmenter:
         *,
         device: str | torch.device = "auto",
         channels_last: bool | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         info: ModelInfo | None = None,
         fold_batchnorm: bool = True,
     ) -> None:
+        self.device = resolve_device(device)
+        if batch_size is None:
+            batch_size = default_batch_size(self.device, spec.precision)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.device = resolve_device(device)
         if spec.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("precision fp16 needs a CUDA device; on CPU use bf16 (or fp32)")
         self.spec = spec
@@ -256,7 +273,7 @@ class Segmenter:
         device: str | torch.device = "auto",
         precision: str | None = None,
         channels_last: bool | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         skip_empty_slices: bool | None = None,
         fold_batchnorm: bool = True,
     ) -> Segmenter:

@@ -271,7 +271,7 @@ def test_channels_last_is_the_cpu_default_and_does_not_change_labels(chest):
     config = UNetConfig(class_names=("background", "lung", "opacity"), decoder_channels=SMALL_DECODER)
     spec = InferenceSpec(preprocess=PreprocessConfig(slice_size=(64, 64)))
     auto = Segmenter(calibrated_unet(config), spec, device="cpu")
-    assert auto.channels_last and auto.batch_size == 1
+    assert auto.channels_last and auto.batch_size == 2  # the fp32 CPU default
     conv = next(m for m in auto.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     plain = Segmenter(calibrated_unet(config), spec, device="cpu", channels_last=False, batch_size=5)
@@ -302,3 +302,9 @@ def test_checkpoint_segmenter_folds_batchnorm(best_pt, chest):
     assert count[0] == count[1] - 69
     volume, _ = chest
     assert np.mean(folded.predict(volume).labels == plain.predict(volume).labels) > 0.9999
+
+
+def test_default_batch_size_depends_on_precision_and_an_explicit_one_wins(best_pt):
+    assert Segmenter.from_checkpoint(best_pt, device="cpu", precision="bf16").batch_size == 4
+    assert Segmenter.from_checkpoint(best_pt, device="cpu", precision="fp32").batch_size == 2
+    assert Segmenter.from_checkpoint(best_pt, device="cpu", precision="bf16", batch_size=3).batch_size == 3
