@@ -37,17 +37,13 @@ def _deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str,
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; see configs/ for presets")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (data:, train:, ...), got {type(data).__name__}")
-    return data
+    return read_yaml_mapping(
+        path,
+        name="config file",
+        see="see configs/ for presets",
+        contents="of sections (data:, train:, ...)",
+        allow_empty=True,
+    )
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -131,7 +127,9 @@ def merge_yaml_files(paths: Sequence[str | os.PathLike[str]], base: Mapping[str,
     return data
 
 
-def read_yaml_mapping(path: str | os.PathLike[str], *, name: str, see: str, contents: str) -> dict[str, Any]:
+def read_yaml_mapping(
+    path: str | os.PathLike[str], *, name: str, see: str, contents: str, allow_empty: bool = False
+) -> dict[str, Any]:
     """Read a preset file (sweep, Table 1, study ...) that must hold a YAML mapping; one-line errors otherwise.
 
     Args:
@@ -139,6 +137,7 @@ def read_yaml_mapping(path: str | os.PathLike[str], *, name: str, see: str, cont
         name: What the file is, for the messages (e.g. ``"sweep spec"``).
         see: Where examples are, e.g. ``"see configs/sweep/ for examples"``.
         contents: What the mapping holds, e.g. ``"with base:, grid:, ..."``.
+        allow_empty: Read an empty file as an empty mapping (else it is refused as not a mapping).
 
     Raises:
         ConfigError: Missing file, invalid YAML, or not a mapping.
@@ -156,8 +155,10 @@ def read_yaml_mapping(path: str | os.PathLike[str], *, name: str, see: str, cont
         raw = yaml.safe_load(file.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if raw is None and allow_empty:
+        return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{file} must hold a mapping {contents}")
+        raise ConfigError(f"{file} must hold a mapping {contents}, got {type(raw).__name__}")
     return raw
 
 
