@@ -31,7 +31,14 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from covidseg.infer.masks import bounding_box, component_sizes, fill_holes, keep_largest_components, voxel_volume_ml
+from covidseg.infer.masks import (
+    bounding_box,
+    component_sizes,
+    fill_holes,
+    keep_largest_components,
+    label_components,
+    voxel_volume_ml,
+)
 
 __all__ = [
     "AIRWAY_BAND_MM",
@@ -118,7 +125,7 @@ def split_sides(mask: np.ndarray, midline_x: float) -> tuple[np.ndarray, np.ndar
     box = bounding_box(mask)
     if box is None:
         return low, high
-    labels = ndi.label(mask[box])[0]
+    labels = label_components(mask[box])[0]
     x0 = box[2].start
     columns = np.arange(labels.shape[2]) + x0
     for index, sub in enumerate(ndi.find_objects(labels), start=1):
@@ -182,7 +189,7 @@ def large_airways(hu: np.ndarray, air: np.ndarray, spacing: Sequence[float], mid
     x_lo, x_hi = max(int(midline_x) - band, 0), min(int(midline_x) + band + 2, hu.shape[2])
     out = np.zeros(hu.shape, dtype=bool)
     lumen = air[:, :, x_lo:x_hi] & (hu[:, :, x_lo:x_hi] < HU_AIRWAY_LUMEN)
-    labels, n = ndi.label(lumen)
+    labels, n = label_components(lumen)
     if n == 0:
         return out
     max_area = AIRWAY_MAX_AREA_MM2 / (sy * sx)
@@ -243,7 +250,7 @@ def classical_lung_mask(hu: np.ndarray, spacing: Sequence[float], *, min_lung_ml
     box = bounding_box(air)
     if box is None:
         return result
-    labels, n = ndi.label(air[box])
+    labels, n = label_components(air[box])
     sizes = component_sizes(labels, n)
     low_att = np.bincount(labels[hu[box] < HU_AIRWAY_LUMEN], minlength=n + 1)
     lung_like = (sizes >= min_lung_ml / voxel_volume_ml(spacing)) & (low_att <= MAX_LOW_ATTENUATION_FRACTION * sizes)
@@ -346,7 +353,7 @@ def slice_lung_mask(hu: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
 
     threshold = float(threshold_otsu(above_air)) if above_air.size and np.ptp(above_air) > 0 else high
     pure_level = low + PURE_AIR_RANGE_FRACTION * max(threshold - low, 0.0)
-    labels, n = ndi.label(image < threshold)
+    labels, n = label_components(image < threshold)
     if n == 0:
         return out
     index = np.arange(1, n + 1)

@@ -2,14 +2,17 @@
 
 Every function works on boolean ``(Z, Y, X)`` arrays and never allocates a float volume. Work is done on the
 bounding box of the foreground, since lungs fill only a fraction of a CT's field of view, and components are
-found with one :func:`scipy.ndimage.label` pass followed by a lookup table, never a loop over components or
-voxels. Sizes are given in voxels here; callers convert millilitres with :func:`voxel_volume_ml`.
+found with one labelling pass (:func:`label_components`, connected-components-3d: two to three times faster
+than :func:`scipy.ndimage.label`) followed by a lookup table, never a loop over components or voxels. Sizes
+are given in voxels here; callers convert millilitres with :func:`voxel_volume_ml`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
+import cc3d
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -20,6 +23,7 @@ __all__ = [
     "ellipsoid_footprint",
     "fill_holes",
     "keep_largest_components",
+    "label_components",
     "morphology",
     "remove_small_components",
     "select_labels",
@@ -29,11 +33,10 @@ __all__ = [
 MM3_PER_ML = 1000.0
 """Cubic millimetres in one millilitre."""
 
-_SLICE_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
-_SLICE_STRUCTURE[1] = ndi.generate_binary_structure(2, 1)
-"""Face connectivity inside an axial slice only: labelling with it treats every slice on its own."""
-_VOLUME_STRUCTURE = ndi.generate_binary_structure(3, 1)
-"""Face (6-) connectivity in 3-D."""
+_VOLUME_CONNECTIVITY: Literal[6] = 6
+"""Face connectivity in 3-D (the neighbours sharing a face), as :func:`cc3d.connected_components` counts it."""
+_SLICE_CONNECTIVITY: Literal[4] = 4
+"""Face connectivity inside one axial slice."""
 
 Box = tuple[slice, slice, slice]
 _COUNT_CHUNK = 1 << 22
@@ -82,8 +85,45 @@ def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> Box | Non
     return (box[0], box[1], box[2])
 
 
+def label_components(mask: np.ndarray, *, per_slice: bool = False) -> tuple[np.ndarray, int]:
+    """Face-connected components of a boolean mask: uint32 labels ``1..n`` (0 outside) and ``n``.
+
+    The same partition as :func:`scipy.ndimage.label` with its default (face) structure, two to three times
+    faster on a CT volume (connected-components-3d); components are numbered in the order they are met.
+
+    Args:
+        mask: Boolean array, 2-D or 3-D.
+        per_slice: Label each axial slice ``mask[z]`` of a 3-D mask on its own (in-plane face connectivity),
+            with labels running on across slices.
+
+    Examples:
+        >>> m = np.array([[[1, 1, 0, 1]], [[0, 1, 0, 0]]], bool)  # (2, 1, 4)
+        >>> labels, n = label_components(m)
+        >>> n, labels.ravel().tolist()
+        (2, [1, 1, 0, 2, 0, 1, 0, 0])
+        >>> label_components(m, per_slice=True)[1]  # the voxel below is its own component
+        3
+    """
+    arr = np.asarray(mask, dtype=bool)
+    if not per_slice or arr.ndim != 3:
+        connectivity = _VOLUME_CONNECTIVITY if arr.ndim == 3 else _SLICE_CONNECTIVITY
+        labels, n = cc3d.connected_components(arr, connectivity=connectivity, return_N=True, out_dtype=np.uint32)
+        return np.asarray(labels), int(n)
+    out = np.zeros(arr.shape, dtype=np.uint32)
+    total = 0
+    for z in range(arr.shape[0]):
+        if not arr[z].any():
+            continue
+        part, n = cc3d.connected_components(
+            arr[z], connectivity=_SLICE_CONNECTIVITY, return_N=True, out_dtype=np.uint32
+        )
+        np.add(part, total, out=out[z], where=part > 0)
+        total += int(n)
+    return out, total
+
+
 def component_sizes(labels: np.ndarray, n: int, mask: np.ndarray | None = None) -> np.ndarray:
-    """Voxel count of each label ``0..n`` of a :func:`scipy.ndimage.label` result (index 0: background).
+    """Voxel count of each label ``0..n`` of a :func:`label_components` result (index 0: background).
 
     Counted a slab of slices at a time: ``numpy.bincount`` converts its input to int64, which for a whole
     int32 label volume would be a temporary twice its size.
@@ -161,7 +201,7 @@ def keep_largest_components(mask: np.ndarray, n_keep: int, min_voxels: int = 0) 
     if box is None or n_keep < 1:
         return out
     crop = mask[box]
-    labels, n = ndi.label(crop, structure=_VOLUME_STRUCTURE)
+    labels, n = label_components(crop)
     sizes = component_sizes(labels, n, mask=crop)
     order = np.argsort(-sizes, kind="stable")[:n_keep]
     keep = np.zeros(n + 1, dtype=bool)
@@ -186,7 +226,7 @@ def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
         out[box] = mask[box]
         return out
     crop = mask[box]
-    labels, n = ndi.label(crop, structure=_VOLUME_STRUCTURE)
+    labels, n = label_components(crop)
     keep = component_sizes(labels, n, mask=crop) >= int(min_voxels)
     keep[0] = False
     out[box] = select_labels(labels, keep)
@@ -225,8 +265,7 @@ def fill_holes(mask: np.ndarray, mode: str = "slice", max_hole_voxels: int | Non
     if box is None:
         return out
     crop = out[box]
-    structure = _SLICE_STRUCTURE if mode == "slice" else _VOLUME_STRUCTURE
-    background, n = ndi.label(~crop, structure=structure)
+    background, n = label_components(~crop, per_slice=mode == "slice")
     if n == 0:
         return out
     # Background components touching the box's sides reach the outside; in slice mode the z faces are not

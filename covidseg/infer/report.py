@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from covidseg.errors import InputError
 from covidseg.infer.lungmask import HU_BODY, body_midline_x, split_sides
-from covidseg.infer.masks import Box, bounding_box, voxel_volume_ml
+from covidseg.infer.masks import Box, bounding_box, label_components, voxel_volume_ml
 from covidseg.infer.postprocess import LABEL_OPACITY
 from covidseg.io.atomic import atomic_path
 
@@ -115,7 +114,7 @@ def _midline(lung: np.ndarray, box: Box | None, hu: np.ndarray | None) -> tuple[
             raise InputError(f"hu shape {np.shape(hu)} differs from the label shape {lung.shape}")
         return body_midline_x(np.asarray(hu) > HU_BODY), "body centre of mass"
     if box is not None:
-        labels, n = ndi.label(lung[box])
+        labels, n = label_components(lung[box])
         if n >= 2:
             sizes = np.bincount(labels.ravel())[1:]
             first, second = np.argsort(-sizes, kind="stable")[:2] + 1
@@ -152,7 +151,7 @@ def _side_counts(
         lung_z[side][box[0]] = _per_slice_counts(masks[side])
         opac_z[side][box[0]] = _per_slice_counts(masks[side] & opacity)
     opacity_box = bounding_box(opacity)
-    lesions = int(ndi.label(opacity[opacity_box])[1]) if opacity_box is not None else 0
+    lesions = label_components(opacity[opacity_box])[1] if opacity_box is not None else 0
     return lung_z, opac_z, lesions
 
 

@@ -9,11 +9,44 @@ from covidseg.infer.masks import (
     ellipsoid_footprint,
     fill_holes,
     keep_largest_components,
+    label_components,
     morphology,
     remove_small_components,
     select_labels,
     voxel_volume_ml,
 )
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label arrays split the voxels into the same components (labels may be numbered differently)."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return bool(
+        np.array_equal(a == 0, b == 0)
+        and np.unique(pairs[0]).size == pairs.shape[1]
+        and np.unique(pairs[1]).size == pairs.shape[1]
+    )
+
+
+@pytest.mark.parametrize("shape", [(6, 30, 40), (30, 40)])
+def test_label_components_matches_scipy_face_connectivity(shape):
+    rng = np.random.default_rng(3)
+    mask = rng.random(shape) < 0.45
+    labels, n = label_components(mask)
+    expected, n_expected = ndi.label(mask)
+    assert labels.dtype == np.uint32 and n == n_expected
+    assert _same_partition(labels, expected)
+
+
+def test_label_components_per_slice_never_joins_slices():
+    rng = np.random.default_rng(4)
+    mask = rng.random((5, 30, 40)) < 0.45
+    mask[2] = False  # an empty slice in the middle
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = ndi.generate_binary_structure(2, 1)
+    labels, n = label_components(mask, per_slice=True)
+    expected, n_expected = ndi.label(mask, structure=structure)
+    assert n == n_expected and _same_partition(labels, expected)
+    assert int(labels.max()) == n
 
 
 def test_voxel_volume_and_empty_box():
