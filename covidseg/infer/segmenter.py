@@ -2,9 +2,10 @@
 
 Slices are streamed (:func:`covidseg.data.preprocess.iter_slice_batches`): each batch is windowed, resized to
 the network size, run through the network, its softmax probabilities resized back to the native slice size and
-reduced to labels (argmax) before the next batch starts. No full-resolution multi-class float volume ever
-exists; what is kept per scan is the uint8 label volume and, when asked for, one opacity-probability volume in
-float16 or uint8.
+reduced to labels (argmax) before the next batch starts. Without a probability map, only a window around each
+slice's foreground is resized (:func:`covidseg.infer.resize_back.labels_to_native`: the same labels, a third of
+the work on a chest CT). No full-resolution multi-class float volume ever exists; what is kept per scan is the
+uint8 label volume and, when asked for, one opacity-probability volume in float16 or uint8.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from covidseg.data.preprocess import iter_slice_batches, resize_to_native
 from covidseg.errors import ConfigError, InputError
 from covidseg.infer.fastpath import slices_to_run
 from covidseg.infer.postprocess import postprocess
+from covidseg.infer.resize_back import WINDOWED_MODES, argmax_classes, labels_to_native
 from covidseg.infer.spec import InferenceSpec
 from covidseg.io.volume import CTVolume
 from covidseg.model.fusion import fold_batchnorm as fold_conv_batchnorm
@@ -38,7 +40,6 @@ __all__ = [
     "ModelInfo",
     "Prediction",
     "Segmenter",
-    "argmax_classes",
     "default_batch_size",
     "release_freed_memory",
     "resolve_device",
@@ -91,7 +92,8 @@ class Prediction:
         skipped_slices: Axial slices the fast path did not send to the network (their labels are background).
         slices_run: bool ``(Z,)``, True where the network ran.
         timings: Seconds per stage: ``skip_decision``, ``preprocess``, ``network``, ``resize_back``,
-            ``argmax``, ``total``.
+            ``argmax`` (0 when only foreground windows were resized: ``resize_back`` holds their argmax),
+            ``total``.
     """
 
     labels: np.ndarray
@@ -174,31 +176,6 @@ def release_freed_memory() -> bool:
         return bool(ctypes.CDLL(name).malloc_trim(0))
     except (OSError, AttributeError):  # not glibc (e.g. musl has no malloc_trim)
         return False
-
-
-def argmax_classes(probs: torch.Tensor) -> torch.Tensor:
-    """uint8 index of the largest value along dim 1 of ``(N, C, H, W)``; ties go to the lower class.
-
-    The same result as ``probs.argmax(dim=1)`` (for finite values), by C - 1 elementwise comparisons against
-    the running maximum: torch's reduction over a strided middle dimension is about 30x slower for a few
-    classes on large slices. Works on contiguous and channels-last tensors alike.
-
-    Examples:
-        >>> p = torch.tensor([[[[0.2, 0.5]], [[0.5, 0.5]], [[0.3, 0.0]]]])  # (1, 3, 1, 2)
-        >>> argmax_classes(p).tolist()
-        [[[1, 0]]]
-    """
-    if probs.ndim != 4 or not 1 <= probs.shape[1] <= 256:
-        raise ValueError(f"expected (N, C, H, W) with 1 to 256 classes, got {list(probs.shape)}")
-    n_classes = probs.shape[1]
-    best = probs[:, 0]
-    if n_classes == 1:
-        return torch.zeros(best.shape, dtype=torch.uint8, device=probs.device)
-    index = (probs[:, 1] > best).to(torch.uint8)
-    for c in range(2, n_classes):
-        best = torch.maximum(best, probs[:, c - 1])
-        index.masked_fill_(probs[:, c] > best, c)
-    return index
 
 
 def _runs(mask: np.ndarray) -> Iterator[tuple[int, int]]:
@@ -359,7 +336,7 @@ class Segmenter:
         start = time.perf_counter()
         timings = dict.fromkeys(("skip_decision", "preprocess", "network", "resize_back", "argmax"), 0.0)
         hu = volume.hu
-        n_slices, height, width = volume.shape
+        n_slices = volume.shape[0]
         run = slices_to_run(hu, volume.spacing, spec.skip_empty_slices)
         timings["skip_decision"] = time.perf_counter() - start
         labels = np.zeros(volume.shape, dtype=np.uint8)
@@ -386,22 +363,14 @@ class Segmenter:
                     self._sync()
                     t2 = time.perf_counter()
                     self._check_output(logits, x)
-                    # Channels-last: the bilinear resize interpolates all classes of a pixel together, about
-                    # twice as fast on CPU as plane by plane, and gives the same values.
-                    probs = torch.softmax(logits.float(), dim=1).contiguous(memory_format=torch.channels_last)
-                    probs = resize_to_native(probs, (height, width), spec.resize_back_mode)
-                    self._sync()
-                    t3 = time.perf_counter()
+                    probs = torch.softmax(logits.float(), dim=1)
                     out_rows = slice(first + rows.start, first + rows.stop)
-                    labels[out_rows] = argmax_classes(probs).cpu().numpy()
-                    if prob is not None:
-                        opacity = probs[:, spec.opacity_index]
-                        if prob.dtype == np.uint8:
-                            opacity = opacity.mul(UINT8_SCALE).round_().to(torch.uint8)
-                        else:
-                            opacity = opacity.to(torch.float16)
-                        prob[out_rows] = opacity.cpu().numpy()
-                    t4 = time.perf_counter()
+                    if prob is None and spec.resize_back_mode in WINDOWED_MODES:
+                        # Only around each slice's foreground; the same labels as the full resize.
+                        labels_to_native(probs, labels[out_rows], spec.resize_back_mode)
+                        t3 = t4 = time.perf_counter()
+                    else:
+                        t3, t4 = self._full_to_native(probs, labels, prob, out_rows)
                     timings["preprocess"] += t1 - t0
                     timings["network"] += t2 - t1
                     timings["resize_back"] += t3 - t2
@@ -419,6 +388,27 @@ class Segmenter:
             slices_run=run,
             timings=timings,
         )
+
+    def _full_to_native(
+        self, probs: torch.Tensor, labels: np.ndarray, prob: np.ndarray | None, out_rows: slice
+    ) -> tuple[float, float]:
+        """Resize every class to the native grid, write labels (and the opacity probability); stage end times."""
+        spec = self.spec
+        # Channels-last: the bilinear resize interpolates all classes of a pixel together, about twice as fast on
+        # CPU as plane by plane, and gives the same values.
+        probs = probs.contiguous(memory_format=torch.channels_last)
+        probs = resize_to_native(probs, (labels.shape[1], labels.shape[2]), spec.resize_back_mode)
+        self._sync()
+        resized = time.perf_counter()
+        labels[out_rows] = argmax_classes(probs).cpu().numpy()
+        if prob is not None:
+            opacity = probs[:, spec.opacity_index]
+            if prob.dtype == np.uint8:
+                opacity = opacity.mul(UINT8_SCALE).round_().to(torch.uint8)
+            else:
+                opacity = opacity.to(torch.float16)
+            prob[out_rows] = opacity.cpu().numpy()
+        return resized, time.perf_counter()
 
     def _check_output(self, logits: torch.Tensor, x: torch.Tensor) -> None:
         n_classes = len(self.spec.class_names)

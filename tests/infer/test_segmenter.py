@@ -13,7 +13,7 @@ from monai.transforms import Resize, ScaleIntensityRange
 
 from covidseg.data.preprocess import PreprocessConfig
 from covidseg.errors import ConfigError, InputError
-from covidseg.infer.segmenter import Segmenter, argmax_classes, resolve_device
+from covidseg.infer.segmenter import Segmenter, resolve_device
 from covidseg.infer.spec import InferenceSpec
 from covidseg.io import CTVolume, canonical_affine
 from covidseg.model import UNetConfig, save_checkpoint
@@ -245,24 +245,6 @@ def test_disagreeing_class_names_are_refused(tmp_path, best_pt):
 def test_bad_precision_is_a_config_error(best_pt):
     with pytest.raises(ConfigError, match="precision"):
         Segmenter.from_checkpoint(best_pt, device="cpu", precision="int8")
-
-
-def test_argmax_classes_matches_torch_argmax():
-    torch.manual_seed(0)
-    probs = torch.rand(3, 4, 17, 19)
-    probs[0, 2, 0, 0] = probs[0, 1, 0, 0] = 2.0  # a tie goes to the lower class, as in argmax
-    assert torch.equal(argmax_classes(probs).long(), probs.argmax(dim=1))
-    assert argmax_classes(probs).dtype == torch.uint8 and int(argmax_classes(probs)[0, 0, 0]) == 1
-
-
-@pytest.mark.parametrize("n_classes", [1, 2, 3, 5])
-def test_argmax_classes_for_any_class_count_and_memory_format(n_classes):
-    torch.manual_seed(n_classes)
-    probs = torch.randint(0, 4, (2, n_classes, 9, 11)).float()  # many ties
-    expected = probs.argmax(dim=1)
-    assert torch.equal(argmax_classes(probs).long(), expected)
-    channels_last = probs.contiguous(memory_format=torch.channels_last)
-    assert torch.equal(argmax_classes(channels_last).long(), expected)
 
 
 def test_channels_last_is_the_cpu_default_and_does_not_change_labels(chest):
