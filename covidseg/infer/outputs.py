@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,18 @@ __all__ = [
     "ScanOutputs",
     "check_outputs",
     "ensure_output_dir",
+    "finish_file_writes",
     "input_family",
     "plan_outputs",
     "scan_name",
+    "start_file_writes",
     "write_outputs",
     "write_probability_map",
+    "write_report_file",
 ]
 
+OUTPUT_WRITERS = 2
+"""Threads writing a scan's files at the same time (the development machine's two cores)."""
 LABEL_SUFFIX = {
     "nifti": ".nii.gz",
     "mha": ".mha",
@@ -266,6 +272,71 @@ def describe_input(volume: CTVolume, scan: Path) -> dict[str, Any]:
     return info
 
 
+def start_file_writes(
+    pool: Executor,
+    outputs: ScanOutputs,
+    volume: CTVolume,
+    labels: np.ndarray,
+    *,
+    probability: np.ndarray | None = None,
+    overwrite: bool = False,
+) -> dict[str, Future[float]]:
+    """Submit every planned output except the report to ``pool``; each future gives the seconds it took.
+
+    The label map, probability map, overview and DICOM SEG read the same arrays and write different files, so
+    they run side by side (compression and PNG encoding release the GIL); the caller can compute the report
+    meanwhile and writes it once every future has succeeded (:func:`write_outputs` does all of this).
+
+    Args:
+        pool: Where to run the writes (threads: the arrays are shared, not copied).
+        outputs: The planned paths (:func:`plan_outputs`); kinds whose path is None are skipped.
+        volume: The scan (geometry, HU for the overview, source files for the DICOM SEG).
+        labels: Final canonical ``(Z, Y, X)`` uint8 label map.
+        probability: The opacity probability (float16 or uint8), written when given and planned.
+        overwrite: Replace existing files.
+
+    Returns:
+        Output kind -> future of its seconds.
+    """
+    from covidseg.io.save import save_mask
+
+    tasks: dict[str, Callable[[], object]] = {
+        "labels": lambda: save_mask(labels, volume, outputs.labels, overwrite=overwrite),
+    }
+    if outputs.probability is not None and probability is not None:
+        prob_path = outputs.probability
+        tasks["probability"] = lambda: write_probability_map(probability, volume, prob_path, overwrite=overwrite)
+    if outputs.overview is not None:
+        from covidseg.infer.overview import save_overview
+
+        overview_path = outputs.overview
+        tasks["overview"] = lambda: save_overview(
+            volume.hu, labels, volume.spacing, overview_path, title=outputs.name, overwrite=overwrite
+        )
+    if outputs.dicom_seg is not None:
+        from covidseg.infer.dicomseg import write_dicom_seg
+
+        seg_path = outputs.dicom_seg
+        tasks["dicom_seg"] = lambda: write_dicom_seg(labels, volume, seg_path, overwrite=overwrite)
+    return {kind: pool.submit(_timed, task) for kind, task in tasks.items()}
+
+
+def _timed(task: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    task()
+    return time.perf_counter() - start
+
+
+def finish_file_writes(futures: Mapping[str, Future[float]]) -> dict[str, float]:
+    """Wait for every write of :func:`start_file_writes`; the first failure is raised after all have ended.
+
+    Returns:
+        Seconds per output kind.
+    """
+    wait(list(futures.values()))
+    return {kind: future.result() for kind, future in futures.items()}
+
+
 def write_outputs(
     outputs: ScanOutputs,
     volume: CTVolume,
@@ -276,7 +347,7 @@ def write_outputs(
     probability: np.ndarray | None = None,
     overwrite: bool = False,
 ) -> dict[str, float]:
-    """Write every planned output of one scan; the report last, so a report means the scan is complete.
+    """Write every planned output of one scan, side by side; the report last, so a report means the scan is complete.
 
     Args:
         outputs: The planned paths (:func:`plan_outputs`); kinds whose path is None are skipped.
@@ -290,7 +361,7 @@ def write_outputs(
         overwrite: Replace existing files.
 
     Returns:
-        Seconds spent per output kind.
+        Seconds spent per output kind (the files are written at the same time; their seconds overlap).
 
     Examples:
         >>> import tempfile, json
@@ -303,31 +374,20 @@ def write_outputs(
         >>> json.loads(plan.report.read_text())["lungs_in_view"], plan.labels.is_file()
         (False, True)
     """
+    with ThreadPoolExecutor(max_workers=OUTPUT_WRITERS) as pool:
+        futures = start_file_writes(pool, outputs, volume, labels, probability=probability, overwrite=overwrite)
+        seconds = finish_file_writes(futures)
+    seconds["report"] = write_report_file(outputs, report, metadata, overwrite=overwrite)
+    return seconds
+
+
+def write_report_file(
+    outputs: ScanOutputs, report: Mapping[str, Any], metadata: Mapping[str, Any], *, overwrite: bool = False
+) -> float:
+    """Write the report JSON (with the names of the scan's output files); returns the seconds it took."""
     from covidseg.infer.report import write_report_json
-    from covidseg.io.save import save_mask
 
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    save_mask(labels, volume, outputs.labels, overwrite=overwrite)
-    seconds["labels"] = time.perf_counter() - start
-    if outputs.probability is not None and probability is not None:
-        start = time.perf_counter()
-        write_probability_map(probability, volume, outputs.probability, overwrite=overwrite)
-        seconds["probability"] = time.perf_counter() - start
-    if outputs.overview is not None:
-        from covidseg.infer.overview import save_overview
-
-        start = time.perf_counter()
-        save_overview(volume.hu, labels, volume.spacing, outputs.overview, title=outputs.name, overwrite=overwrite)
-        seconds["overview"] = time.perf_counter() - start
-    if outputs.dicom_seg is not None:
-        from covidseg.infer.dicomseg import write_dicom_seg
-
-        start = time.perf_counter()
-        write_dicom_seg(labels, volume, outputs.dicom_seg, overwrite=overwrite)
-        seconds["dicom_seg"] = time.perf_counter() - start
     start = time.perf_counter()
     files = {kind: path.name for kind, path in outputs.paths().items()}
     write_report_json({**report, "outputs": files}, outputs.report, metadata=metadata, overwrite=overwrite)
-    seconds["report"] = time.perf_counter() - start
-    return seconds
+    return time.perf_counter() - start

@@ -9,18 +9,24 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from covidseg.infer.outputs import (
+    OUTPUT_WRITERS,
     OutputOptions,
     check_outputs,
     describe_input,
     ensure_output_dir,
+    finish_file_writes,
     plan_outputs,
-    write_outputs,
+    start_file_writes,
     write_probability_map,
+    write_report_file,
 )
 from covidseg.infer.postprocess import PostprocessConfig, postprocess
 from covidseg.infer.report import scan_report
@@ -64,7 +70,8 @@ class ScanResult:
         report: The report written (without its metadata).
         skipped_slices: Slices the fast path did not run through the network.
         timings: Seconds per stage (``load``, ``network`` and its neighbours, ``postprocess``, ``report``,
-            one entry per output written, ``total``).
+            one entry per output written, ``total``). The report is computed while the files are written, so
+            ``report`` and the ``write_*`` entries overlap.
     """
 
     scan: Path
@@ -95,6 +102,20 @@ def postprocess_config_for(volume: CTVolume, config: PostprocessConfig) -> tuple
         )
         return replace(config, min_lung_component_ml=0.0), [note]
     return config, []
+
+
+def _report(labels: np.ndarray, volume: CTVolume, scan: Path, skipped_slices: int, notes: list[str]) -> dict[str, Any]:
+    """The scan's report with its input path, the fast path's skipped slices and every warning."""
+    report = scan_report(labels, volume.spacing, affine=volume.affine, hu=volume.hu)
+    report["scan"] = str(scan)
+    report["skipped_slices"] = skipped_slices
+    report["warnings"] = [*notes, *report["warnings"]]
+    if skipped_slices:
+        report["warnings"].append(
+            f"fast path: {skipped_slices} of {volume.shape[0]} axial slices had no lung tissue by HU "
+            "and were not run through the network"
+        )
+    return report
 
 
 def predict_scan(
@@ -181,19 +202,16 @@ def predict_scan(
     labels = postprocess(prediction.labels, volume.spacing, post_config, class_names=spec.class_names, hu=volume.hu)
     timings["postprocess"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    report = scan_report(labels, volume.spacing, affine=volume.affine, hu=volume.hu)
-    report["scan"] = str(scan)
-    report["skipped_slices"] = prediction.skipped_slices
-    report["warnings"] = [*notes, *report["warnings"]]
-    if prediction.skipped_slices:
-        report["warnings"].append(
-            f"fast path: {prediction.skipped_slices} of {volume.shape[0]} axial slices had no lung tissue by HU "
-            "and were not run through the network"
-        )
-    timings["report"] = time.perf_counter() - t0
-
     stage("writing")
+    # The label map, overview (and DICOM SEG) are written by two threads while this one computes the report;
+    # the report is written last, once every other file is in place.
+    with ThreadPoolExecutor(max_workers=OUTPUT_WRITERS) as pool:
+        pending = start_file_writes(pool, planned, volume, labels, overwrite=opts.outputs.overwrite)
+        t0 = time.perf_counter()
+        report = _report(labels, volume, scan, prediction.skipped_slices, notes)
+        timings["report"] = time.perf_counter() - t0
+        written = finish_file_writes(pending)
+    timings.update({f"write_{kind}": seconds for kind, seconds in written.items()})
     metadata = {
         "model": {**segmenter.info.to_dict(), "class_names": list(spec.class_names)},
         "inference_spec": spec.to_dict(),
@@ -206,15 +224,7 @@ def predict_scan(
         "input": describe_input(volume, scan),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
-    written = write_outputs(
-        planned,
-        volume,
-        labels,
-        report,
-        metadata,
-        overwrite=opts.outputs.overwrite,
-    )
-    timings.update({f"write_{kind}": seconds for kind, seconds in written.items()})
+    timings["write_report"] = write_report_file(planned, report, metadata, overwrite=opts.outputs.overwrite)
     timings["total"] = time.perf_counter() - start
     return ScanResult(
         scan=scan,
