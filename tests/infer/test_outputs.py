@@ -138,3 +138,22 @@ def test_probability_map_types(tmp_path):
     assert nib.load(u8).get_data_dtype() == np.uint8 and int(np.asarray(nib.load(u8).dataobj).max()) == 200
     with pytest.raises(ValueError, match="probability"):
         write_probability_map(np.zeros((2, 4, 4), np.float64), volume, tmp_path / "d.nii.gz")
+
+
+def test_a_failed_write_is_raised_and_leaves_no_report(tmp_path, monkeypatch):
+    """Files are written side by side; when one fails the others finish, the error surfaces, no report exists."""
+    import covidseg.infer.overview as overview_module
+    from covidseg.infer.outputs import write_outputs
+    from covidseg.infer.report import scan_report
+
+    def broken_overview(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(overview_module, "save_overview", broken_overview)
+    volume = CTVolume.from_canonical(np.full((4, 32, 32), -1000, np.int16), canonical_affine())
+    labels = np.zeros(volume.shape, np.uint8)
+    plan = plan_outputs(Path("scan.nii.gz"), tmp_path, OutputOptions())
+    with pytest.raises(OSError, match="disk full"):
+        write_outputs(plan, volume, labels, scan_report(labels, volume.spacing), {})
+    assert plan.labels.is_file() and not plan.report.exists()
+    assert plan.overview is not None and not plan.overview.exists()
