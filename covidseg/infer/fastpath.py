@@ -34,11 +34,17 @@ FULL_RES_SIZE = 256
 
 
 def _between(mask: np.ndarray, axis: int) -> np.ndarray:
-    """Voxels between the first and last True voxel along ``axis`` (inclusive)."""
-    forward = np.logical_or.accumulate(mask, axis=axis)
-    flipped = np.flip(mask, axis=axis)
-    backward = np.flip(np.logical_or.accumulate(flipped, axis=axis), axis=axis)
-    return forward & backward
+    """Voxels between the first and last True voxel along ``axis`` (inclusive).
+
+    From the positions of the first and last True voxel of each line (boolean ``argmax`` stops at the first
+    True), compared with the index: several times faster than cumulative ``logical_or`` scans.
+    """
+    size = mask.shape[axis]
+    first = np.argmax(mask, axis=axis, keepdims=True)
+    last = size - 1 - np.argmax(np.flip(mask, axis=axis), axis=axis, keepdims=True)
+    last[~np.any(mask, axis=axis, keepdims=True)] = -1  # no True voxel: an empty range
+    index = np.arange(size).reshape([size if a == axis else 1 for a in range(mask.ndim)])
+    return (index >= first) & (index <= last)
 
 
 def lung_slice_fractions(hu: np.ndarray, config: SliceSkipConfig | None = None) -> np.ndarray:

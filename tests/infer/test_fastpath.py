@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from covidseg.infer.fastpath import lung_slice_fractions, slices_to_run
 from covidseg.infer.spec import SliceSkipConfig
@@ -44,3 +45,14 @@ def test_large_slices_are_subsampled_consistently():
     fine, coarse = lung_slice_fractions(big), lung_slice_fractions(hu)
     assert np.array_equal(fine >= 0.005, coarse >= 0.005)
     np.testing.assert_allclose(fine, coarse, rtol=0.25)  # the one-voxel rim erosion weighs more at 64 px
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_body_extent_is_everything_between_the_first_and_last_voxel(axis):
+    from covidseg.infer.fastpath import _between
+
+    rng = np.random.default_rng(axis)
+    mask = rng.random((3, 20, 30)) < 0.05  # many lines with no True voxel
+    forward = np.logical_or.accumulate(mask, axis=axis)
+    backward = np.flip(np.logical_or.accumulate(np.flip(mask, axis=axis), axis=axis), axis=axis)
+    np.testing.assert_array_equal(_between(mask, axis), forward & backward)
