@@ -124,16 +124,19 @@ def non_background(probs: torch.Tensor) -> torch.Tensor:
     return (probs[:, 1:] > background).any(dim=1)
 
 
-def labels_to_native(probs: torch.Tensor, out: np.ndarray, mode: str = "bilinear") -> None:
+def labels_to_native(scores: torch.Tensor, out: np.ndarray, mode: str = "bilinear", *, softmax: bool = False) -> None:
     """Write the native-grid argmax labels of network-resolution probabilities into ``out``.
 
-    The same labels as resizing all of ``probs`` to ``out``'s slice size and taking the argmax (see the module
-    docstring), resizing only each slice's foreground window.
+    The same labels as resizing all of the probabilities to ``out``'s slice size and taking the argmax (see the
+    module docstring), resizing only each slice's foreground window.
 
     Args:
-        probs: ``(N, C, h, w)`` class probabilities (any memory format); class 0 is background.
+        scores: ``(N, C, h, w)`` class probabilities, or logits with ``softmax=True`` (any memory format and
+            float dtype); class 0 is background.
         out: uint8 ``(N, H, W)`` to write; every pixel is written (0 outside the windows).
         mode: ``"bilinear"`` or ``"nearest"``.
+        softmax: ``scores`` are logits: the windows are found on them (a class whose logit beats background's
+            is the only one whose probability can) and only the windows are turned into float32 probabilities.
 
     Raises:
         ValueError: Another interpolation mode (its weights may be negative), or mismatched shapes.
@@ -146,23 +149,28 @@ def labels_to_native(probs: torch.Tensor, out: np.ndarray, mode: str = "bilinear
         >>> expected = resize_to_native(probs, (8, 8)).argmax(1).numpy()
         >>> bool((out == expected).all()), int(out.sum())
         (True, 1)
+        >>> labels_to_native(torch.log(probs + 1e-4), out, softmax=True)  # the same from logits
+        >>> int(out.sum())
+        1
     """
     if mode not in WINDOWED_MODES:
         raise ValueError(f"windowed resizing needs one of {list(WINDOWED_MODES)}, got {mode!r}")
-    if probs.ndim != 4 or out.ndim != 3 or out.shape[0] != probs.shape[0]:
-        raise ValueError(f"expected probs (N, C, h, w) and out (N, H, W), got {list(probs.shape)} and {out.shape}")
+    if scores.ndim != 4 or out.ndim != 3 or out.shape[0] != scores.shape[0]:
+        raise ValueError(f"expected scores (N, C, h, w) and out (N, H, W), got {list(scores.shape)} and {out.shape}")
     height, width = int(out.shape[1]), int(out.shape[2])
-    foreground = non_background(probs).cpu()
+    foreground = non_background(scores).cpu()
     rows_any = foreground.any(dim=2).numpy()
     cols_any = foreground.any(dim=1).numpy()
     out[...] = 0
-    for index in range(probs.shape[0]):
+    for index in range(scores.shape[0]):
         rows, cols = np.flatnonzero(rows_any[index]), np.flatnonzero(cols_any[index])
         if rows.size == 0:
             continue
-        win_y = axis_window(int(rows[0]), int(rows[-1]) + 1, probs.shape[2], height)
-        win_x = axis_window(int(cols[0]), int(cols[-1]) + 1, probs.shape[3], width)
-        crop = probs[index : index + 1, :, win_y.source, win_x.source]
+        win_y = axis_window(int(rows[0]), int(rows[-1]) + 1, scores.shape[2], height)
+        win_x = axis_window(int(cols[0]), int(cols[-1]) + 1, scores.shape[3], width)
+        crop = scores[index : index + 1, :, win_y.source, win_x.source]
+        if softmax:
+            crop = torch.softmax(crop.float(), dim=1)
         resized = resize_to_native(crop, (win_y.output_size, win_x.output_size), mode)
         labels = argmax_classes(resized[:, :, win_y.keep, win_x.keep])
         out[index, win_y.native, win_x.native] = labels[0].cpu().numpy()

@@ -363,13 +363,13 @@ class Segmenter:
                     self._sync()
                     t2 = time.perf_counter()
                     self._check_output(logits, x)
-                    probs = torch.softmax(logits.float(), dim=1)
                     out_rows = slice(first + rows.start, first + rows.stop)
                     if prob is None and spec.resize_back_mode in WINDOWED_MODES:
                         # Only around each slice's foreground; the same labels as the full resize.
-                        labels_to_native(probs, labels[out_rows], spec.resize_back_mode)
+                        labels_to_native(logits, labels[out_rows], spec.resize_back_mode, softmax=True)
                         t3 = t4 = time.perf_counter()
                     else:
+                        probs = torch.softmax(logits.float(), dim=1)
                         t3, t4 = self._full_to_native(probs, labels, prob, out_rows)
                     timings["preprocess"] += t1 - t0
                     timings["network"] += t2 - t1

@@ -87,3 +87,13 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="non-empty"):
         axis_window(5, 5, 10, 20)
     assert not non_background(torch.ones(1, 3, 2, 2)).any()  # ties go to background
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_windows_found_on_logits_give_the_labels_of_their_probabilities(dtype):
+    logits = torch.log(_blobby_probs(4, (96, 96), seed=11)).to(dtype)
+    out = np.zeros((4, 128, 128), np.uint8)
+    labels_to_native(logits, out, softmax=True)
+    expected = _full(torch.softmax(logits.float(), dim=1), (128, 128), "bilinear")
+    assert expected.any()
+    np.testing.assert_array_equal(out, expected)
