@@ -17,6 +17,8 @@ from nibabel.spatialimages import HeaderDataError
 from covidseg.errors import InputError
 from covidseg.io.sanity import one_line
 
+#: ISA-L compression level of written .nii.gz files (0-3; 1 is nibabel's own default zlib level).
+GZIP_LEVEL = 1
 #: NIfTI xform code "scanner anatomical", used for outputs that have no NIfTI input to copy codes from.
 XFORM_SCANNER = 1
 
@@ -129,4 +131,9 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, header: object | None, pa
         img.set_qform(np.asarray(affine, np.float64), code=XFORM_SCANNER)
         img.header.set_data_dtype(data.dtype)
     img.header["descrip"] = b"covidseg"
-    nib.save(img, str(path))
+    if str(path).lower().endswith(".gz"):
+        # ISA-L: about twice as fast as nibabel's zlib at the same level, and the file is no larger.
+        with igzip.open(path, "wb", compresslevel=GZIP_LEVEL) as stream:
+            img.to_stream(stream)
+    else:
+        nib.save(img, str(path))
