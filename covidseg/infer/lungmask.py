@@ -33,6 +33,7 @@ from scipy import ndimage as ndi
 
 from covidseg.infer.masks import (
     bounding_box,
+    component_boxes,
     component_sizes,
     fill_holes,
     keep_largest_components,
@@ -125,10 +126,10 @@ def split_sides(mask: np.ndarray, midline_x: float) -> tuple[np.ndarray, np.ndar
     box = bounding_box(mask)
     if box is None:
         return low, high
-    labels = label_components(mask[box])[0]
+    labels, n = label_components(mask[box])
     x0 = box[2].start
     columns = np.arange(labels.shape[2]) + x0
-    for index, sub in enumerate(ndi.find_objects(labels), start=1):
+    for index, sub in enumerate(component_boxes(labels, n), start=1):
         if sub is None:
             continue
         part = labels[sub] == index

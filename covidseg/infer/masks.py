@@ -19,6 +19,7 @@ from scipy import ndimage as ndi
 __all__ = [
     "MM3_PER_ML",
     "bounding_box",
+    "component_boxes",
     "component_sizes",
     "ellipsoid_footprint",
     "fill_holes",
@@ -120,6 +121,24 @@ def label_components(mask: np.ndarray, *, per_slice: bool = False) -> tuple[np.n
         np.add(part, total, out=out[z], where=part > 0)
         total += int(n)
     return out, total
+
+
+def component_boxes(labels: np.ndarray, n: int) -> list[Box | None]:
+    """Bounding box of each label ``1..n`` of a 3-D :func:`label_components` result (None for an absent label).
+
+    Like :func:`scipy.ndimage.find_objects`; for a few labels (two lungs) one comparison and
+    :func:`bounding_box` per label is several times faster than its pass over every voxel.
+
+    Examples:
+        >>> lab = np.zeros((2, 3, 4), np.uint32)
+        >>> lab[0, 1, 1:3] = 1
+        >>> lab[1, 2, 3] = 2
+        >>> [[(s.start, s.stop) for s in box] for box in component_boxes(lab, 2)]
+        [[(0, 1), (1, 2), (1, 3)], [(1, 2), (2, 3), (3, 4)]]
+    """
+    if n > _FEW_LABELS:
+        return [None if sub is None else (sub[0], sub[1], sub[2]) for sub in ndi.find_objects(labels, max_label=n)]
+    return [bounding_box(labels == label) for label in range(1, int(n) + 1)]
 
 
 def component_sizes(labels: np.ndarray, n: int, mask: np.ndarray | None = None) -> np.ndarray:

@@ -171,3 +171,14 @@ def test_fill_holes_keeps_only_the_holes_above_the_size_limit_open():
     assert out[:, 2:4, 2:4].all() and out[:, 7, 7].all()
     assert not out[1, 9:11, 2:5].any() and out[[0, 2], 9:11, 2:5].all()
     assert np.array_equal(fill_holes(m, "slice", max_hole_voxels=0), m)
+
+
+@pytest.mark.parametrize("density", [0.02, 0.5])  # few components (compared one by one) and many (find_objects)
+def test_component_boxes_match_find_objects(density):
+    from covidseg.infer.masks import component_boxes
+
+    rng = np.random.default_rng(7)
+    mask = np.zeros((8, 30, 40), bool)
+    mask[2:6, 3:12, 5:20] = rng.random((4, 9, 15)) < density + 0.5
+    labels, n = label_components(mask)
+    assert component_boxes(labels, n) == ndi.find_objects(labels)
