@@ -137,34 +137,69 @@ def _display_box(profiles: _Profiles, shape: Sequence[int], spacing: Sequence[fl
     return y, x
 
 
-def _overlay(ax: Axes, image: np.ndarray, lab: np.ndarray, aspect: float) -> None:
-    """Draw a HU image in the lung window with the lung outline and the opacity fill."""
+def _composite(image: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """RGB uint8 of a HU image in the lung window with the opacity filled in semi-transparent orange."""
     low, high = LUNG_WINDOW
-    ax.imshow(image, cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
-    opacity = lab == 2
+    gray = np.clip((image.astype(np.float32) - low) * (255.0 / (high - low)), 0.0, 255.0)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    opacity = lab == LABEL_OPACITY
     if opacity.any():
-        rgba = np.zeros((*lab.shape, 4), dtype=np.float32)
-        rgba[opacity] = (*OPACITY_COLOR, OPACITY_ALPHA)
-        ax.imshow(rgba, aspect=aspect, interpolation="nearest")
-    if (lab > 0).any():
-        ax.contour((lab > 0).astype(np.uint8), levels=[0.5], colors=[LUNG_COLOR], linewidths=1.0)
-    ax.set_xticks([])
-    ax.set_yticks([])
+        fill = np.asarray(OPACITY_COLOR, np.float32) * 255.0
+        rgb[opacity] = rgb[opacity] * (1.0 - OPACITY_ALPHA) + fill * OPACITY_ALPHA
+    return rgb.round().astype(np.uint8)
 
 
-def _side_markers(ax: Axes, top: str | None = None) -> None:
-    """Radiological R (image left) and L (image right) markers, and an optional top label."""
-    style: dict[str, Any] = {
-        "color": MARKER_COLOR,
-        "fontsize": 10,
-        "fontweight": "bold",
-        "transform": ax.transAxes,
-        "path_effects": [patheffects.withStroke(linewidth=2.5, foreground="black")],
-    }
-    ax.text(0.02, 0.5, "R", ha="left", va="center", **style)
-    ax.text(0.98, 0.5, "L", ha="right", va="center", **style)
-    if top:
-        ax.text(0.5, 0.98, top, ha="center", va="top", **style)
+@dataclass(frozen=True)
+class _Panel:
+    """One view placed on the overview's single canvas (layout units: native in-plane pixels, y down)."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+    def extent(self) -> tuple[float, float, float, float]:
+        """``imshow`` extent (left, right, bottom, top) on the y-down canvas."""
+        return self.x, self.x + self.width, self.y + self.height, self.y
+
+    def draw(self, ax: Axes, image: np.ndarray, lab: np.ndarray) -> None:
+        """The HU image with the opacity fill, and the lung outline as a vector contour."""
+        ax.imshow(_composite(image, lab), extent=self.extent(), interpolation="antialiased")
+        lung = lab > 0
+        if lung.any():
+            rows, cols = lung.shape
+            xs = self.x + (np.arange(cols) + 0.5) * (self.width / cols)
+            ys = self.y + (np.arange(rows) + 0.5) * (self.height / rows)
+            ax.contour(xs, ys, lung.astype(np.uint8), levels=[0.5], colors=[LUNG_COLOR], linewidths=1.0)
+
+    def row_y(self, row: float, n_rows: int) -> float:
+        """Canvas y of the centre of image row ``row`` of an image with ``n_rows`` rows."""
+        return self.y + (row + 0.5) * self.height / n_rows
+
+    def markers(self, ax: Axes, top: str) -> None:
+        """Radiological R (image left) and L (image right) markers, and the top label."""
+        style: dict[str, Any] = {
+            "color": MARKER_COLOR,
+            "fontsize": 10,
+            "fontweight": "bold",
+            "path_effects": [patheffects.withStroke(linewidth=2.5, foreground="black")],
+        }
+        middle = self.y + self.height / 2
+        ax.text(self.x + 0.02 * self.width, middle, "R", ha="left", va="center", **style)
+        ax.text(self.x + 0.98 * self.width, middle, "L", ha="right", va="center", **style)
+        ax.text(self.x + self.width / 2, self.y + 0.02 * self.height, top, ha="center", va="top", **style)
+
+    def title(self, ax: Axes, text: str) -> None:
+        """A caption just above the panel."""
+        ax.text(
+            self.x + self.width / 2,
+            self.y - 0.015 * self.height,
+            text,
+            color="white",
+            fontsize=9,
+            ha="center",
+            va="bottom",
+        )
 
 
 def save_overview(
@@ -215,42 +250,48 @@ def save_overview(
     opac_z, lung_z = profiles.opac_z, profiles.lung_z
     y_cor = _coronal_row(profiles)
 
+    # One Axes holds every view (an Axes per view made matplotlib's figure set-up cost more than the drawing);
+    # the canvas is measured in native in-plane pixels, y down, each view at its physical aspect.
     n_cols = int(np.ceil(len(axial) / 2)) if len(axial) > 3 else len(axial)
     n_rows = int(np.ceil(len(axial) / n_cols))
-    crop_h = (rows_yx[0].stop - rows_yx[0].start) * sy
-    crop_w = (rows_yx[1].stop - rows_yx[1].start) * sx
-    panel_h = _PANEL_INCHES * min(crop_h / crop_w, 1.6)
-    cor_h_mm, cor_w_mm = lab.shape[0] * sz, crop_w
-    cor_w_in = min(max(n_rows * panel_h * cor_w_mm / cor_h_mm, 2.0), 2.2 * _PANEL_INCHES)
-    fig = Figure(figsize=(n_cols * _PANEL_INCHES + cor_w_in + 0.4, n_rows * panel_h + 1.3), facecolor="black")
+    crop_h, crop_w = rows_yx[0].stop - rows_yx[0].start, rows_yx[1].stop - rows_yx[1].start
+    panel_w = float(crop_w)
+    panel_h = panel_w * min(crop_h * sy / (crop_w * sx), 1.6)
+    gap, band = 0.04 * panel_w, 0.12 * panel_h  # between panels, and above each row for its captions
+    montage_h = n_rows * (band + panel_h)
+    cor_h = lab.shape[0] * sz / sx  # the coronal view at the axial views' scale
+    scale = min((montage_h - band) / cor_h, 2.2 * panel_w / crop_w)
+    coronal_panel = _Panel(n_cols * (panel_w + gap) + gap, band, crop_w * scale, cor_h * scale)
+    canvas_w = coronal_panel.x + coronal_panel.width + 0.12 * panel_w  # room for the z labels
+    inches = _PANEL_INCHES / panel_w
+    fig = Figure(figsize=(canvas_w * inches + 0.2, montage_h * inches + 1.0), facecolor="black")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(n_rows, n_cols + 1, width_ratios=[_PANEL_INCHES] * n_cols + [cor_w_in], wspace=0.04)
+    fig_w, fig_h = fig.get_size_inches()
+    ax = fig.add_axes((0.1 / fig_w, 0.45 / fig_h, canvas_w * inches / fig_w, montage_h * inches / fig_h))
+    ax.set_xlim(0, canvas_w)
+    ax.set_ylim(montage_h, 0)
+    ax.set_axis_off()
 
+    lines: list[tuple[float, float, float]] = []  # (y, x from, x to) of the dotted slice-position lines
     for i, z in enumerate(axial[::-1]):  # superior first, as a radiologist scrolls
-        ax = fig.add_subplot(grid[i // n_cols, i % n_cols])
-        _overlay(ax, hu_arr[z][rows_yx], lab[z][rows_yx], aspect=sy / sx)
-        ax.axhline(y_cor - rows_yx[0].start, color=MARKER_COLOR, linewidth=0.8, linestyle=":", alpha=0.8)
+        row, col = divmod(i, n_cols)
+        panel = _Panel(gap / 2 + col * (panel_w + gap), band + row * (band + panel_h), panel_w, panel_h)
+        panel.draw(ax, hu_arr[z][rows_yx], lab[z][rows_yx])
+        lines.append((panel.row_y(y_cor - rows_yx[0].start, crop_h), panel.x, panel.x + panel.width))
         pct = f"{100 * opac_z[z] / lung_z[z]:.0f}% opac." if lung_z[z] else "no lung"
-        ax.set_title(f"axial z={z} ({pct})", color="white", fontsize=9, pad=3)
-        _side_markers(ax, top="A")
+        panel.title(ax, f"axial z={z} ({pct})")
+        panel.markers(ax, "A")
 
-    ax = fig.add_subplot(grid[:, n_cols])
-    coronal = hu_arr[::-1, y_cor, rows_yx[1]]  # superior (large z) at the top
-    _overlay(ax, coronal, lab[::-1, y_cor, rows_yx[1]], aspect=sz / sx)
+    coronal_panel.draw(ax, hu_arr[::-1, y_cor, rows_yx[1]], lab[::-1, y_cor, rows_yx[1]])  # superior at the top
+    right = coronal_panel.x + coronal_panel.width
     for z in axial:
-        ax.axhline(lab.shape[0] - 1 - z, color=MARKER_COLOR, linewidth=0.8, linestyle=":", alpha=0.8)
-        ax.text(
-            1.0,
-            lab.shape[0] - 1 - z,
-            f" z={z}",
-            color=MARKER_COLOR,
-            fontsize=7,
-            va="center",
-            transform=ax.get_yaxis_transform(),
-            clip_on=False,
-        )
-    ax.set_title(f"coronal y={y_cor}", color="white", fontsize=9, pad=3)
-    _side_markers(ax, top="S")
+        y = coronal_panel.row_y(lab.shape[0] - 1 - z, lab.shape[0])
+        lines.append((y, coronal_panel.x, right))
+        ax.text(right, y, f" z={z}", color=MARKER_COLOR, fontsize=7, va="center", ha="left")
+    ys, starts, stops = zip(*lines, strict=True)
+    ax.hlines(ys, starts, stops, colors=MARKER_COLOR, linewidth=0.8, linestyles=":", alpha=0.8)
+    coronal_panel.title(ax, f"coronal y={y_cor}")
+    coronal_panel.markers(ax, "S")
 
     total_lung, total_opac = int(lung_z.sum()), int(opac_z.sum())
     summary = f"opacity {100 * total_opac / total_lung:.1f}% of lung volume" if total_lung else "no lungs in view"
@@ -267,7 +308,6 @@ def save_overview(
         labelcolor="white",
         fontsize=9,
     )
-    fig.subplots_adjust(left=0.01, right=0.97, top=1 - 0.55 / fig.get_figheight(), bottom=0.4 / fig.get_figheight())
     with atomic_path(path, overwrite=overwrite) as tmp:
         fig.savefig(
             tmp, format="png", dpi=100, facecolor=fig.get_facecolor(), pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL}
