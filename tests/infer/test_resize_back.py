@@ -87,6 +87,7 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="non-empty"):
         axis_window(5, 5, 10, 20)
     assert not non_background(torch.ones(1, 3, 2, 2)).any()  # ties go to background
+    assert not non_background(torch.ones(1, 1, 2, 2)).any()  # background is the only class
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
