@@ -40,10 +40,11 @@ def _between(mask: np.ndarray, axis: int) -> np.ndarray:
     True), compared with the index: several times faster than cumulative ``logical_or`` scans.
     """
     size = mask.shape[axis]
-    first = np.argmax(mask, axis=axis, keepdims=True)
-    last = size - 1 - np.argmax(np.flip(mask, axis=axis), axis=axis, keepdims=True)
+    index_type = np.int16 if size < np.iinfo(np.int16).max else np.int64  # small ints: less memory to stream
+    first = np.argmax(mask, axis=axis, keepdims=True).astype(index_type)
+    last = (size - 1 - np.argmax(np.flip(mask, axis=axis), axis=axis, keepdims=True)).astype(index_type)
     last[~np.any(mask, axis=axis, keepdims=True)] = -1  # no True voxel: an empty range
-    index = np.arange(size).reshape([size if a == axis else 1 for a in range(mask.ndim)])
+    index = np.arange(size, dtype=index_type).reshape([size if a == axis else 1 for a in range(mask.ndim)])
     return (index >= first) & (index <= last)
 
 
@@ -72,7 +73,7 @@ def lung_slice_fractions(hu: np.ndarray, config: SliceSkipConfig | None = None) 
     step = max(1, min(arr.shape[1:]) // FULL_RES_SIZE)
     out = np.zeros(arr.shape[0], dtype=np.float64)
     for start in range(0, arr.shape[0], _SLAB):
-        part = arr[start : start + _SLAB, ::step, ::step]
+        part = np.ascontiguousarray(arr[start : start + _SLAB, ::step, ::step])
         tissue = part > cfg.body_hu
         body = _between(tissue, 2) & _between(tissue, 1)
         lung = (part >= low) & (part <= high)
