@@ -42,6 +42,8 @@ _SLICE_CONNECTIVITY: Literal[4] = 4
 Box = tuple[slice, slice, slice]
 _COUNT_CHUNK = 1 << 22
 """Voxels per :func:`numpy.bincount` call in :func:`component_sizes` (bounds its int64 temporary to 32 MB)."""
+_SPARSE_FRACTION = 0.125
+"""Masks filling at most this fraction of their box are handled through the indices of their voxels."""
 _FEW_LABELS = 4
 """Up to this many kept labels, :func:`select_labels` compares instead of looking up."""
 
@@ -246,9 +248,18 @@ def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
         return out
     crop = mask[box]
     labels, n = label_components(crop)
-    keep = component_sizes(labels, n, mask=crop) >= int(min_voxels)
-    keep[0] = False
-    out[box] = select_labels(labels, keep)
+    voxels = np.flatnonzero(crop) if np.count_nonzero(crop) <= _SPARSE_FRACTION * crop.size else None
+    if voxels is None:
+        keep = component_sizes(labels, n, mask=crop) >= int(min_voxels)
+        keep[0] = False
+        out[box] = select_labels(labels, keep)
+        return out
+    # A sparse mask (opacity in its box): look up only its own voxels' labels, not the whole box's.
+    values = labels.reshape(-1)[voxels]
+    keep = np.bincount(values, minlength=n + 1) >= int(min_voxels)
+    kept = np.zeros(crop.size, dtype=bool)
+    kept[voxels[keep[values]]] = True
+    out[box] = kept.reshape(crop.shape)
     return out
 
 

@@ -182,3 +182,14 @@ def test_component_boxes_match_find_objects(density):
     mask[2:6, 3:12, 5:20] = rng.random((4, 9, 15)) < density + 0.5
     labels, n = label_components(mask)
     assert component_boxes(labels, n) == ndi.find_objects(labels)
+
+
+@pytest.mark.parametrize("density", [0.03, 0.6])  # the sparse path (voxel indices) and the dense one
+def test_remove_small_components_matches_a_scipy_reference(density):
+    rng = np.random.default_rng(11)
+    mask = np.zeros((10, 40, 50), bool)
+    mask[1:9, 4:36, 5:45] = rng.random((8, 32, 40)) < density
+    labels, _ = ndi.label(mask)
+    sizes = np.bincount(labels.ravel())
+    expected = (sizes >= 3)[labels] & mask
+    np.testing.assert_array_equal(remove_small_components(mask, 3), expected)
