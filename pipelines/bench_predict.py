@@ -7,7 +7,7 @@ most 0.1 % on a scan that extends beyond the lungs.
 
 Each configuration runs in a fresh subprocess (``--worker``) that loads the model, runs
 :func:`covidseg.infer.pipeline.predict_scan` on the phantom file and reports its own timings, peak RSS
-(``resource.getrusage``) and the machine's load average before and after. Configurations run one after the
+(``VmHWM`` of ``/proc/self/status``) and the machine's load average before and after. Configurations run one after the
 other, never at once. The phantom is padded with ``--extra-slices`` slices of lung-free abdomen-like tissue below
 the lungs (so the fast path has something to skip) and written as NIfTI once; ``--crop-slices N`` runs on the N
 middle slices of that scan instead (a quick run whose per-slice times extrapolate to the full scan). Without
@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -135,6 +134,7 @@ def crop_scan(work: Path, scan: Path, n_slices: int) -> Path:
 def worker(args: argparse.Namespace) -> None:
     """Run one configuration and print its JSON result (the last stdout line)."""
     import torch
+    from bench_train import peak_rss_mb  # run as a script: pipelines/ is on sys.path
 
     from covidseg.infer.outputs import OutputOptions
     from covidseg.infer.pipeline import PredictOptions, predict_scan
@@ -158,7 +158,9 @@ def worker(args: argparse.Namespace) -> None:
     cpu_start = time.process_time()
     result = predict_scan(args.scan, segmenter, Path(args.out) / args.worker, options=options)
     cpu = time.process_time() - cpu_start
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM: getrusage's ru_maxrss is carried over from the parent across exec, so a parent that made the
+    # phantom (1.4 GB) would set every worker's peak.
+    peak_mb = peak_rss_mb()
     shape = result.report["shape_zyx"]
     print(
         json.dumps(
@@ -174,7 +176,7 @@ def worker(args: argparse.Namespace) -> None:
                 "cpu_s": cpu,
                 "skipped_slices": result.skipped_slices,
                 "labels": str(result.outputs["labels"]),
-                "peak_rss_mb": peak_kb / 1024.0,
+                "peak_rss_mb": peak_mb,
                 "load_avg_before": load_before,
                 "load_avg_after": os.getloadavg(),
             }

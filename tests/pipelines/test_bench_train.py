@@ -41,6 +41,9 @@ def test_worker_times_every_variant() -> None:
         ratios = [t / b for t, b in zip(pen["times_s"], pen["baseline_times_s"], strict=True)]
         assert pen["overhead_percent"] == pytest.approx(100 * (statistics.median(ratios) - 1))
         assert pen["median_s"] == statistics.median(pen["times_s"]) > 0
+        assert len(pen["own_times_s"]) == 2 * bt.OWN_REPEATS
+        own = statistics.median(pen["own_times_s"]) / statistics.median(pen["baseline_times_s"])
+        assert pen["own_percent"] == pytest.approx(100 * own) and 0 < pen["own_percent"] < 100
         assert pen["peak_rss_mb"] > 0
 
 

@@ -134,7 +134,8 @@ def test_quick_page_numbers_come_from_the_scripts(quick_page: tuple[str, Path]) 
         for pname, pen in res["penalties"].items():
             assert variants[pname][0] == f"{1e3 * pen['median_s']:.1f}"
             assert variants[pname][2] == f"{pen['overhead_percent']:.2f}"
-            assert variants[pname][3] == f"{pen['peak_rss_mb']:.0f}"
+            assert variants[pname][3] == f"{pen['own_percent']:.2f}"
+            assert variants[pname][4] == f"{pen['peak_rss_mb']:.0f}"
 
 
 def test_docstring_examples() -> None:
