@@ -19,6 +19,7 @@ areas of square centimetres, not voxels.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -29,6 +30,8 @@ __all__ = ["lung_slice_fractions", "slices_to_run"]
 
 _SLAB = 16
 """Axial slices per step (bounds the boolean temporaries to 16 slices)."""
+_THREADS = 2
+"""Threads computing slabs at the same time."""
 FULL_RES_SIZE = 256
 """Slices with more pixels than this along their shorter side are subsampled to about this size."""
 
@@ -71,8 +74,8 @@ def lung_slice_fractions(hu: np.ndarray, config: SliceSkipConfig | None = None) 
         raise ValueError(f"expected a (Z, Y, X) volume, got shape {arr.shape}")
     low, high = cfg.lung_hu
     step = max(1, min(arr.shape[1:]) // FULL_RES_SIZE)
-    out = np.zeros(arr.shape[0], dtype=np.float64)
-    for start in range(0, arr.shape[0], _SLAB):
+
+    def slab_fractions(start: int) -> np.ndarray:
         part = np.ascontiguousarray(arr[start : start + _SLAB, ::step, ::step])
         tissue = part > cfg.body_hu
         body = _between(tissue, 2) & _between(tissue, 1)
@@ -84,8 +87,14 @@ def lung_slice_fractions(hu: np.ndarray, config: SliceSkipConfig | None = None) 
         core[:, :, :-1] &= lung[:, :, 1:]
         core &= body
         area = np.count_nonzero(body, axis=(1, 2))
-        out[start : start + part.shape[0]] = np.count_nonzero(core, axis=(1, 2)) / np.maximum(area, 1)
-    return out
+        return np.asarray(np.count_nonzero(core, axis=(1, 2)) / np.maximum(area, 1), dtype=np.float64)
+
+    starts = range(0, arr.shape[0], _SLAB)
+    if len(starts) < 2:
+        return np.concatenate([slab_fractions(s) for s in starts]) if starts else np.zeros(0)
+    # Slabs are independent and numpy releases the GIL on whole-array operations: two threads.
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        return np.concatenate(list(pool.map(slab_fractions, starts)))
 
 
 def slices_to_run(hu: np.ndarray, spacing: Sequence[float], config: SliceSkipConfig) -> np.ndarray:
