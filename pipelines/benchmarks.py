@@ -53,7 +53,7 @@ DEFAULT_CONFIGS = "fp32,bf16_cl"
 
 FULL_ARGS: dict[str, list[str]] = {
     "matmul": ["--size", "2048", "--repeats", "5", "--network-slice-size", "384"],
-    "predict": ["--slices", "300", "--size", "512", "--slice-size", "384"],
+    "predict": ["--slices", "300", "--size", "512", "--slice-size", "384", "--repeats", "3"],
     "train": ["--size", "384", "--batch", "2", "--repeats", "5", "--warmup", "1"],
 }
 """Arguments of each benchmark script for the real page."""

@@ -233,6 +233,25 @@ def _matmul_lines(matmul: Mapping[str, Any], command: str) -> list[str]:
     ]
 
 
+def _spread_lines(results: Mapping[str, Any]) -> list[str]:
+    """With repeated runs: which run the table shows, and every run's total and non-network share."""
+    counts = {len(res.get("runs", [])) for res in results.values()}
+    if max(counts, default=0) < 2:
+        return []
+    lines = [
+        "",
+        f"Each configuration ran {max(counts)} times in interleaved rounds; the tables show the run with the median "
+        "total time (peak RSS: the largest of the runs). Every run:",
+        "",
+    ]
+    for name, res in results.items():
+        runs = res.get("runs", [])
+        totals = ", ".join(f"{r['total_s']:.1f} s" for r in runs)
+        shares = ", ".join(f"{100 * r['non_network_share']:.1f} %" for r in runs if r["non_network_share"] is not None)
+        lines.append(f"- {name}: total {totals}; non-network share {shares}")
+    return lines
+
+
 def _predict_lines(predict: Mapping[str, Any], matmul: Mapping[str, Any] | None, command: str) -> list[str]:
     """The predict section: per configuration totals and rates, then seconds per stage, then comparisons."""
     results: Mapping[str, Any] = predict["results"]
@@ -287,6 +306,7 @@ def _predict_lines(predict: Mapping[str, Any], matmul: Mapping[str, Any] | None,
         "`total` is `predict_scan` from reading the file to the written outputs (model loading apart); "
         "`slices/s` is network slices per network second; `% of matmul peak` compares the network's achieved "
         "GFLOP/s with the matmul peak of the same precision.",
+        *_spread_lines(results),
         "",
         "Seconds per stage:",
         "",

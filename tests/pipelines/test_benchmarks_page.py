@@ -282,3 +282,17 @@ def test_quick_banner() -> None:
 def test_docstring_examples() -> None:
     result = doctest.testmod(bp, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_repeated_runs_are_listed_under_the_predict_table() -> None:
+    predict = predict_json()
+    runs = [
+        {"total_s": t, "network_s": t - 4.0, "non_network_s": 4.0, "non_network_share": 4.0 / (t - 4.0)}
+        for t in (36.0, 44.0, 40.0)
+    ]
+    predict["results"]["bf16_cl"]["runs"] = runs
+    predict["results"]["fp32"]["runs"] = runs[:1]
+    lines = bp._spread_lines(predict["results"])
+    assert "ran 3 times in interleaved rounds" in lines[1]
+    assert "- bf16_cl: total 36.0 s, 44.0 s, 40.0 s; non-network share 12.5 %, 10.0 %, 11.1 %" in lines
+    assert bp._spread_lines(predict_json()["results"]) == []  # single runs: nothing to add
