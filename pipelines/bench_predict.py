@@ -23,11 +23,12 @@ The machine is shared: a load average above the number of cores makes every time
 wait for busy cores; a network that takes 40 s on an idle machine took 1200 s at load 8). The load is printed
 and stored with each result; compare configurations only from runs on an idle machine.
 
-Quiet-machine run of 2026-11-22 (BENCHMARKS.md; model trained with ``configs/benchmarks/phantom384.yaml``,
-default batches 2 fp32 / 4 bf16, BatchNorm folded into the convs): fp32 75.1 s (network 230 ms per slice),
-bf16 + channels-last 36.0 s (99 ms per slice), non-network 6.0 s, peak RSS 1.52 GB; bf16 labels agree with fp32 on
-99.972 % of voxels; the fast path skips 47 slices without changing the opacity. Runs vary by about 7 % on this
-shared machine; before the speed work (batch 2, contiguous fp32, random weights) fp32 took 124.8 s.
+Run of 2026-11-22, 10:03 UTC (BENCHMARKS.md; model trained with ``configs/benchmarks/phantom384.yaml``, default
+batches 2 fp32 / 4 bf16, median of 3 interleaved runs): fp32 56.9 s (network 181 ms per slice), bf16 +
+channels-last 25.7 s (78 ms per slice), non-network 2.3-2.5 s = 4.5 % of the fp32 network and 10.1 % of the bf16
+one (12.2 % on the fast path; at most 12.8 % in any run), peak RSS 1.25 GB; bf16 labels agree with fp32 on
+99.972 % of voxels; the fast path skips 47 slices without changing the opacity. The non-network time was 6 s
+before foreground-window resizing, connected-components-3d and concurrent writes (session 3: bf16 20.8 %).
 
 Usage:
     python pipelines/bench_predict.py [--slices 300] [--size 512] [--model CKPT] [--slice-size 384]
