@@ -59,7 +59,19 @@ FULL_ARGS: dict[str, list[str]] = {
 """Arguments of each benchmark script for the real page."""
 QUICK_ARGS: dict[str, list[str]] = {
     "matmul": ["--size", "256", "--repeats", "1", "--network-slice-size", "64"],
-    "predict": ["--slices", "6", "--size", "64", "--extra-slices", "2", "--slice-size", "64", "--no-overview"],
+    "predict": [
+        "--slices",
+        "6",
+        "--size",
+        "64",
+        "--extra-slices",
+        "2",
+        "--slice-size",
+        "64",
+        "--no-overview",
+        "--repeats",
+        "2",
+    ],
     "train": ["--size", "64", "--batch", "2", "--repeats", "1", "--warmup", "1"],
 }
 """Arguments of each benchmark script for ``--quick``."""
