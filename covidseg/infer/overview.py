@@ -256,7 +256,7 @@ def save_overview(
     n_rows = int(np.ceil(len(axial) / n_cols))
     crop_h, crop_w = rows_yx[0].stop - rows_yx[0].start, rows_yx[1].stop - rows_yx[1].start
     panel_w = float(crop_w)
-    panel_h = panel_w * min(crop_h * sy / (crop_w * sx), 1.6)
+    panel_h = crop_h * sy / sx  # the crop at its physical aspect: never stretched
     gap, band = 0.04 * panel_w, 0.12 * panel_h  # between panels, and above each row for its captions
     montage_h = n_rows * (band + panel_h)
     cor_h = lab.shape[0] * sz / sx  # the coronal view at the axial views' scale
