@@ -1,10 +1,11 @@
 """A PNG overview of one segmented scan: axial montage plus a coronal view, legible at a glance.
 
 Layout: ``n_axial`` axial slices (spread through the lungs, each the slice with the most opacity in its part
-of the lungs) and, on the right, a coronal slice through the lungs at the row with the most opacity. Lung
-window (level -600, width 1500 HU); lungs outlined, opacity filled semi-transparent; radiological convention
-(patient's right on the image left, anterior up in axial views, superior up in the coronal view) with R/L
-markers; pixel aspect from the voxel spacing; axial slice positions marked on the coronal view.
+of the lungs) and, on the right, a coronal slice through the lungs at the row with the most opacity (not for
+a single slice, such as a 2-D image). Lung window (level -600, width 1500 HU); lungs outlined, opacity filled
+semi-transparent; radiological convention (patient's right on the image left, anterior up in axial views,
+superior up in the coronal view) with R/L markers; pixel aspect from the voxel spacing; axial slice positions
+marked on the coronal view.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ class _Panel:
         """The HU image with the opacity fill, and the lung outline as a vector contour."""
         ax.imshow(_composite(image, lab), extent=self.extent(), interpolation="antialiased")
         lung = lab > 0
-        if lung.any():
+        if lung.any() and min(lung.shape) > 1:  # a contour needs at least 2 x 2 samples
             rows, cols = lung.shape
             xs = self.x + (np.arange(cols) + 0.5) * (self.width / cols)
             ys = self.y + (np.arange(rows) + 0.5) * (self.height / rows)
@@ -259,10 +260,13 @@ def save_overview(
     panel_h = crop_h * sy / sx  # the crop at its physical aspect: never stretched
     gap, band = 0.04 * panel_w, 0.12 * panel_h  # between panels, and above each row for its captions
     montage_h = n_rows * (band + panel_h)
-    cor_h = lab.shape[0] * sz / sx  # the coronal view at the axial views' scale
-    scale = min((montage_h - band) / cor_h, 2.2 * panel_w / crop_w)
-    coronal_panel = _Panel(n_cols * (panel_w + gap) + gap, band, crop_w * scale, cor_h * scale)
-    canvas_w = coronal_panel.x + coronal_panel.width + 0.12 * panel_w  # room for the z labels
+    coronal_panel: _Panel | None = None  # a single slice (a 2-D image) has no coronal view
+    canvas_w = n_cols * (panel_w + gap)
+    if lab.shape[0] > 1:
+        cor_h = lab.shape[0] * sz / sx  # the coronal view at the axial views' scale
+        scale = min((montage_h - band) / cor_h, 2.2 * panel_w / crop_w)
+        coronal_panel = _Panel(n_cols * (panel_w + gap) + gap, band, crop_w * scale, cor_h * scale)
+        canvas_w = coronal_panel.x + coronal_panel.width + 0.12 * panel_w  # room for the z labels
     inches = _PANEL_INCHES / panel_w
     fig = Figure(figsize=(canvas_w * inches + 0.2, montage_h * inches + 1.0), facecolor="black")
     FigureCanvasAgg(fig)
@@ -277,21 +281,23 @@ def save_overview(
         row, col = divmod(i, n_cols)
         panel = _Panel(gap / 2 + col * (panel_w + gap), band + row * (band + panel_h), panel_w, panel_h)
         panel.draw(ax, hu_arr[z][rows_yx], lab[z][rows_yx])
-        lines.append((panel.row_y(y_cor - rows_yx[0].start, crop_h), panel.x, panel.x + panel.width))
+        if coronal_panel is not None:
+            lines.append((panel.row_y(y_cor - rows_yx[0].start, crop_h), panel.x, panel.x + panel.width))
         pct = f"{100 * opac_z[z] / lung_z[z]:.0f}% opac." if lung_z[z] else "no lung"
         panel.title(ax, f"axial z={z} ({pct})")
         panel.markers(ax, "A")
 
-    coronal_panel.draw(ax, hu_arr[::-1, y_cor, rows_yx[1]], lab[::-1, y_cor, rows_yx[1]])  # superior at the top
-    right = coronal_panel.x + coronal_panel.width
-    for z in axial:
-        y = coronal_panel.row_y(lab.shape[0] - 1 - z, lab.shape[0])
-        lines.append((y, coronal_panel.x, right))
-        ax.text(right, y, f" z={z}", color=MARKER_COLOR, fontsize=7, va="center", ha="left")
-    ys, starts, stops = zip(*lines, strict=True)
-    ax.hlines(ys, starts, stops, colors=MARKER_COLOR, linewidth=0.8, linestyles=":", alpha=0.8)
-    coronal_panel.title(ax, f"coronal y={y_cor}")
-    coronal_panel.markers(ax, "S")
+    if coronal_panel is not None:
+        coronal_panel.draw(ax, hu_arr[::-1, y_cor, rows_yx[1]], lab[::-1, y_cor, rows_yx[1]])  # superior on top
+        right = coronal_panel.x + coronal_panel.width
+        for z in axial:
+            y = coronal_panel.row_y(lab.shape[0] - 1 - z, lab.shape[0])
+            lines.append((y, coronal_panel.x, right))
+            ax.text(right, y, f" z={z}", color=MARKER_COLOR, fontsize=7, va="center", ha="left")
+        ys, starts, stops = zip(*lines, strict=True)
+        ax.hlines(ys, starts, stops, colors=MARKER_COLOR, linewidth=0.8, linestyles=":", alpha=0.8)
+        coronal_panel.title(ax, f"coronal y={y_cor}")
+        coronal_panel.markers(ax, "S")
 
     total_lung, total_opac = int(lung_z.sum()), int(opac_z.sum())
     summary = f"opacity {100 * total_opac / total_lung:.1f}% of lung volume" if total_lung else "no lungs in view"

@@ -71,3 +71,16 @@ def test_label_profiles_count_lung_and_opacity_per_slice_and_row():
     assert np.array_equal(profiles.opac_y, np.count_nonzero(lab == 2, axis=(0, 2)))
     empty = _profiles(np.zeros((3, 4, 5), np.uint8))
     assert empty.box is None and not empty.lung_z.any() and empty.lung_y.shape == (4,)
+
+
+def test_single_slice_overview_has_no_coronal_view(tmp_path):
+    """A 2-D image (one axial slice) gets its slice with outline and fill; a coronal view of one row cannot exist."""
+    hu = np.full((1, 80, 96), -1000, np.int16)
+    hu[0, 8:72, 6:90] = 40  # body
+    lab = np.zeros(hu.shape, np.uint8)
+    lab[0, 15:65, 12:44] = lab[0, 15:65, 52:84] = 1
+    lab[0, 30:50, 20:36] = 2
+    path = save_overview(hu, lab, (1.0, 0.7, 0.7), tmp_path / "slice.png", title="slice")
+    image = Image.open(path)
+    assert image.format == "PNG" and image.width < image.height * 2.5  # one panel, no coronal column
+    assert orange_pixels(path) > 200

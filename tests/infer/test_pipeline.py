@@ -159,8 +159,9 @@ def test_slice_image_input(phantom, tmp_path):
     z = int(np.argmax((phantom.labels == 2).sum(axis=(1, 2))))
     gray = np.clip((phantom.hu[z].astype(np.float32) + 1350) / 1500 * 255, 0, 255).astype(np.uint8)
     Image.fromarray(gray).save(tmp_path / "slice.png")
-    options = PredictOptions(OutputOptions(probability="uint8", overview=False))
+    options = PredictOptions(OutputOptions(probability="uint8"))  # with the overview, as users run it
     result = predict_scan(tmp_path / "slice.png", analytic_segmenter(96), tmp_path / "out", options=options)
+    assert result.outputs["overview"].read_bytes()[:4] == b"\x89PNG"
     assert result.outputs["labels"].name == "slice_labels.png"
     assert result.outputs["probability"].name == "slice_opacity_prob.png"
     with Image.open(result.outputs["labels"]) as image:
