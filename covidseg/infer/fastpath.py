@@ -89,12 +89,10 @@ def lung_slice_fractions(hu: np.ndarray, config: SliceSkipConfig | None = None) 
         area = np.count_nonzero(body, axis=(1, 2))
         return np.asarray(np.count_nonzero(core, axis=(1, 2)) / np.maximum(area, 1), dtype=np.float64)
 
-    starts = range(0, arr.shape[0], _SLAB)
-    if len(starts) < 2:
-        return np.concatenate([slab_fractions(s) for s in starts]) if starts else np.zeros(0)
     # Slabs are independent and numpy releases the GIL on whole-array operations: two threads.
     with ThreadPoolExecutor(max_workers=_THREADS) as pool:
-        return np.concatenate(list(pool.map(slab_fractions, starts)))
+        parts = list(pool.map(slab_fractions, range(0, arr.shape[0], _SLAB)))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
 
 
 def slices_to_run(hu: np.ndarray, spacing: Sequence[float], config: SliceSkipConfig) -> np.ndarray:
