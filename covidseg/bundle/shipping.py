@@ -1,6 +1,6 @@
 """The bundle's ``scripts/`` package: covidseg code that runs inside the bundle, without covidseg installed.
 
-The post-processing of ``covidseg predict`` (``covidseg.infer.postprocess`` with ``masks`` and ``lungmask``,
+The post-processing of ``covidseg predict`` (``covidseg.infer.postprocess`` with ``masks``, ``lungmask``, ``body``,
 numpy and scipy only) and the bundle's own transforms (``covidseg.bundle.bundle_scripts``) are copied as they
 are, with every ``from covidseg... import`` line rewritten into a relative import of the shipped copy. The
 bundle therefore runs the very code ``covidseg predict`` runs, not a second implementation. A module that
@@ -24,6 +24,7 @@ SHIPPED_MODULES: dict[str, str] = {
     "errors": "covidseg.errors",
     "masks": "covidseg.infer.masks",
     "lungmask": "covidseg.infer.lungmask",
+    "body": "covidseg.infer.body",
     "postprocess": "covidseg.infer.postprocess",
     "transforms": "covidseg.bundle.bundle_scripts.transforms",
     "inference": "covidseg.bundle.bundle_scripts.inference",
@@ -84,7 +85,7 @@ def shipped_sources() -> dict[str, str]:
     Examples:
         >>> sources = shipped_sources()
         >>> sorted(sources)[:3], "from .postprocess import" in sources["transforms.py"]
-        (['__init__.py', 'errors.py', 'inference.py'], True)
+        (['__init__.py', 'body.py', 'errors.py'], True)
     """
     from covidseg import __version__
 

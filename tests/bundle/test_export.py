@@ -29,6 +29,7 @@ EXPECTED_FILES = {
     "models/model.pt",
     "models/model.ts",
     "scripts/__init__.py",
+    "scripts/body.py",
     "scripts/errors.py",
     "scripts/inference.py",
     "scripts/lungmask.py",
