@@ -4,8 +4,10 @@ The steps, each switchable in :class:`PostprocessConfig`:
 
 1. class probabilities -> labels (argmax, in slabs; :func:`probabilities_to_labels`);
 2. lung mask = predicted lung PLUS predicted opacity, so dense consolidation stays inside the lungs (a lung
-   mask without it would delete true lesions in step 4); without a lung class, the classical HU lung mask
-   (:func:`covidseg.infer.lungmask.classical_lung_mask`) plus predicted opacity;
+   mask without it would delete true lesions in step 4), both kept inside the patient's body
+   (:func:`covidseg.infer.body.body_mask`: never the table, cushions or air around the patient); without a
+   lung class, the classical HU lung mask (:func:`covidseg.infer.lungmask.classical_lung_mask`) plus the
+   predicted opacity connected to it (fat, bowel or muscle taken for opacity are not);
 3. the ``lung_components`` largest 3-D components of at least ``min_lung_component_ml``, holes filled
    (slice-wise by default, see :func:`covidseg.infer.masks.fill_holes`);
 4. opacity outside the lung mask removed;
@@ -18,20 +20,25 @@ lungs' bounding box; nothing here allocates a float volume.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from covidseg.errors import ConfigError, InputError
+from covidseg.infer.body import body_mask
 from covidseg.infer.lungmask import classical_lung_mask, slice_lung_mask
 from covidseg.infer.masks import (
+    Box,
     bounding_box,
+    component_sizes,
     fill_holes,
     keep_largest_components,
+    label_components,
     morphology,
     remove_small_components,
+    select_labels,
     voxel_volume_ml,
 )
 
@@ -81,6 +88,13 @@ class PostprocessConfig:
         min_lesion_ml: Opacity components smaller than this become lung; 0 keeps all.
         lung_mask_source: ``"auto"`` (the model's lung class when it has one, else HU), ``"model"`` or ``"hu"``
             (the classical HU lung mask; needs ``hu``).
+        within_body: With the model's lung class, drop the components of lung plus opacity that lie mostly
+            outside the patient's body outline from HU (:func:`~covidseg.infer.body.body_mask`): the table,
+            cushions and air around the patient. Needs ``hu``; volumes only (a single slice, often a display
+            image cropped to the thorax, has no outline to trust).
+        opacity_connected_to_lung: With the HU lung mask, add to the lungs only the opacity components
+            connected to it (dense consolidation against the chest wall is; fat, bowel and muscle the network
+            took for opacity are not); otherwise all predicted opacity joins the lung mask. Volumes only.
 
     Examples:
         >>> cfg = PostprocessConfig(opening_mm=1.5)
@@ -98,6 +112,8 @@ class PostprocessConfig:
     closing_mm: float = 0.0
     min_lesion_ml: float = 0.05
     lung_mask_source: str = "auto"
+    within_body: bool = True
+    opacity_connected_to_lung: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.lung_components, bool) or int(self.lung_components) != self.lung_components:
@@ -109,7 +125,7 @@ class PostprocessConfig:
             if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
             object.__setattr__(self, name, float(value))
-        for name in ("fill_lung_holes", "remove_opacity_outside_lung"):
+        for name in ("fill_lung_holes", "remove_opacity_outside_lung", "within_body", "opacity_connected_to_lung"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.fill_holes_mode not in _FILL_MODES:
@@ -267,6 +283,9 @@ def postprocess(
     source = cfg.lung_mask_source
     if source == "auto":
         source = "model" if i_lung is not None else "hu"
+    if hu is not None and np.shape(hu) != labels.shape:
+        raise InputError(f"hu shape {np.shape(hu)} differs from the label shape {labels.shape}")
+    is_volume = labels.shape[0] > 1
     out = np.zeros(labels.shape, dtype=np.uint8)
     if source == "model":
         if i_lung is None:
@@ -278,16 +297,21 @@ def postprocess(
         crop = labels[box]
         opacity = crop == i_opacity
         lung = crop == i_lung
+        if cfg.within_body and hu is not None and is_volume:
+            lung = _components_mostly_inside(lung | opacity, body_mask(np.asarray(hu), spacing_t, box=box))
+            opacity &= lung
     else:
         if hu is None:
             raise InputError(
                 f"the model has no lung class ({list(class_names)}): pass the scan's HU volume (hu=...) "
                 "so the lung mask can be computed from Hounsfield units"
             )
-        if np.shape(hu) != labels.shape:
-            raise InputError(f"hu shape {np.shape(hu)} differs from the label shape {labels.shape}")
         full_opacity = labels == i_opacity
-        full_lung = _hu_lung_mask(np.asarray(hu), spacing_t) | full_opacity
+        hu_lung = _hu_lung_mask(np.asarray(hu), spacing_t)
+        if cfg.opacity_connected_to_lung and is_volume:
+            full_lung = _components_reaching(hu_lung | full_opacity, hu_lung)
+        else:
+            full_lung = hu_lung | full_opacity
         box = bounding_box(full_lung)
         if box is None:
             return out
@@ -320,6 +344,41 @@ def postprocess(
     out_box = out[box]
     out_box[...] = lung.view(np.uint8)  # bool -> 0/1 without arithmetic
     np.copyto(out_box, np.uint8(LABEL_OPACITY), where=opacity)
+    return out
+
+
+def _components_reaching(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The 3-D face-connected components of ``mask`` that hold a voxel of ``seeds`` (a subset of ``mask``)."""
+
+    def reached(labels: np.ndarray, n: int, box: Box) -> np.ndarray:
+        keep = np.zeros(n + 1, dtype=bool)
+        keep[labels[seeds[box]]] = True
+        return keep
+
+    return _select_components(mask, reached)
+
+
+def _components_mostly_inside(mask: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The 3-D face-connected components of ``mask`` with at least half of their voxels inside ``region``."""
+
+    def mostly_inside(labels: np.ndarray, n: int, box: Box) -> np.ndarray:
+        crop = mask[box]
+        inside = component_sizes(labels, n, mask=crop & region[box])
+        return 2 * inside >= np.maximum(component_sizes(labels, n, mask=crop), 1)
+
+    return _select_components(mask, mostly_inside)
+
+
+def _select_components(mask: np.ndarray, choose: Callable[[np.ndarray, int, Box], np.ndarray]) -> np.ndarray:
+    """The components of ``mask`` that ``choose(labels, n, box)`` keeps (labels of ``mask[box]``, ``n`` of them)."""
+    out = np.zeros(mask.shape, dtype=bool)
+    box = bounding_box(mask)
+    if box is None:
+        return out
+    labels, n = label_components(mask[box])
+    keep = choose(labels, n, box)
+    keep[0] = False
+    out[box] = select_labels(labels, keep)
     return out
 
 

@@ -64,13 +64,14 @@ def _pls_affine(spacing=SPACING) -> torch.Tensor:
 @pytest.mark.parametrize("classes", [("background", "lung", "opacity"), ("background", "opacity")])
 def test_transform_equals_covidseg_postprocess(classes):
     hu, truth = toy_chest((12, 64, 64), seed=3)
+    spacing = (5.0, 2.0, 2.0)  # lungs of about 150 mL: the HU lung mask keeps air spaces from 20 mL
     indices = truth if "lung" in classes else (truth == 2).astype(np.uint8)  # opacity index 1 without lung
     indices = indices.copy()
     indices[0, 0, 0] = classes.index("opacity")  # a speck outside the lungs
     config = PostprocessConfig(min_lung_component_ml=0.5, closing_mm=1.0)
-    expected = postprocess(indices, SPACING, config, class_names=classes, hu=hu)
+    expected = postprocess(indices, spacing, config, class_names=classes, hu=hu)
     transform = LungOpacityPostprocessd("pred", class_names=classes, config=config.to_dict())
-    hu_meta = MetaTensor(_working(hu.astype(np.float32)), affine=_pls_affine())
+    hu_meta = MetaTensor(_working(hu.astype(np.float32)), affine=_pls_affine(spacing))
     out = transform({"pred": MetaTensor(_working(indices).float()), "hu": hu_meta})["pred"]
     assert isinstance(out, MetaTensor)
     np.testing.assert_array_equal(out.numpy()[0], np.transpose(expected, WORKING_FROM_CANONICAL))

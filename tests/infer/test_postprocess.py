@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -167,6 +169,55 @@ def test_models_without_lung_class_use_the_hu_lung_mask(phantom):
         postprocess(opacity_only, SPACING, PostprocessConfig(lung_mask_source="model"), class_names=names)
     with pytest.raises(InputError, match="hu shape"):
         postprocess(opacity_only, SPACING, LOOSE, class_names=names, hu=phantom.hu[:-1])
+
+
+def test_lung_and_opacity_outside_the_body_are_dropped(phantom):
+    rows = SHAPE[1]
+    hu = np.concatenate([phantom.hu, np.full((SHAPE[0], 20, SHAPE[2]), -1000, np.int16)], axis=1)
+    hu[:, -6:-3, :] = 300  # the table, below the patient
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[:, :rows] = phantom.labels
+    labels[4:20, -12:-7, 20:70] = 1  # "lung" in the air above the table (24 mL) ...
+    labels[8:12, -11:-8, 30:40] = 2  # ... with "opacity"
+    cfg = PostprocessConfig(lung_components=3, min_lung_component_ml=5.0)
+    out = postprocess(labels, SPACING, cfg, hu=hu)
+    assert out[:, rows:].max() == 0
+    assert np.array_equal(out[:, :rows], postprocess(phantom.labels, SPACING, cfg, hu=phantom.hu))
+    assert np.mean(out[:, :rows] == phantom.labels) > 0.999
+    outside = np.zeros(hu.shape, bool)
+    outside[4:20, -12:-7, 20:70] = True
+    assert postprocess(labels, SPACING, replace(cfg, within_body=False), hu=hu)[outside].all()
+    assert postprocess(labels, SPACING, cfg)[outside].all()  # no HU, no body outline to judge by
+    one_slice = postprocess(labels[10:11], SPACING, cfg, hu=hu[10:11])  # a single slice: no outline to trust
+    assert one_slice[0][outside[10]].all()
+
+
+def test_a_lung_open_to_the_outside_in_a_few_slices_is_kept_whole(phantom):
+    hu = phantom.hu.copy()
+    z = SHAPE[0] // 2
+    lung_x = np.flatnonzero((phantom.labels[z] > 0).any(axis=0))
+    row = int(np.flatnonzero(phantom.labels[z, :, lung_x[0] + 2] > 0).mean())
+    hu[z - 1 : z + 2, row - 2 : row + 2, : lung_x[0] + 3] = -1000  # the chest wall open: the lung is no hole there
+    cfg = PostprocessConfig(min_lung_component_ml=5.0)
+    expected = postprocess(phantom.labels, SPACING, cfg, hu=phantom.hu)
+    assert np.array_equal(postprocess(phantom.labels, SPACING, cfg, hu=hu), expected)
+    assert np.mean(expected == phantom.labels) > 0.999
+
+
+def test_without_lung_class_only_opacity_connected_to_the_lungs_joins_them(phantom):
+    names = ("background", "opacity")
+    opacity = (phantom.labels == 2).astype(np.uint8)
+    # Fat or muscle taken for opacity: a 4 x 6 x 6 voxel (8.8 mL) block in the body, far from both lungs.
+    far = ndi.distance_transform_edt(phantom.labels == 0, sampling=SPACING) > 25
+    candidates = np.argwhere(far & (phantom.hu > -500) & (ndi.uniform_filter(far.astype(float), 7) == 1))
+    z, y, x = candidates[len(candidates) // 2]
+    opacity[z - 2 : z + 2, y - 3 : y + 3, x - 3 : x + 3] = 1
+    every_component = replace(LOOSE, lung_components=0)  # the block is not dropped for its size alone
+    out = postprocess(opacity, SPACING, every_component, class_names=names, hu=phantom.hu)
+    assert np.array_equal(out == 2, phantom.labels == 2)  # the lesions, and nothing else
+    assert dice(out > 0, phantom.labels > 0) > 0.9
+    unconnected = replace(every_component, opacity_connected_to_lung=False)
+    assert (postprocess(opacity, SPACING, unconnected, class_names=names, hu=phantom.hu)[z, y, x]) == 2
 
 
 def test_bad_inputs_and_empty_scans():
