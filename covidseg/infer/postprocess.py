@@ -4,12 +4,12 @@ The steps, each switchable in :class:`PostprocessConfig`:
 
 1. class probabilities -> labels (argmax, in slabs; :func:`probabilities_to_labels`);
 2. lung mask = predicted lung PLUS predicted opacity, so dense consolidation stays inside the lungs (a lung
-   mask without it would delete true lesions in step 4), both kept inside the patient's body
-   (:func:`covidseg.infer.body.body_mask`: never the table, cushions or air around the patient); without a
-   lung class, the classical HU lung mask (:func:`covidseg.infer.lungmask.classical_lung_mask`) plus the
-   predicted opacity connected to it (fat, bowel or muscle taken for opacity are not);
-3. the ``lung_components`` largest 3-D components of at least ``min_lung_component_ml``, holes filled
-   (slice-wise by default, see :func:`covidseg.infer.masks.fill_holes`);
+   mask without it would delete true lesions in step 4); without a lung class, the classical HU lung mask
+   (:func:`covidseg.infer.lungmask.classical_lung_mask`) plus predicted opacity;
+3. of its 3-D components, those inside the patient's body (:func:`covidseg.infer.body.body_mask`: not the
+   table, cushions or air around the patient) or, with the HU lung mask, those holding aerated lung (fat, bowel
+   or muscle taken for opacity do not); of these the ``lung_components`` largest of at least
+   ``min_lung_component_ml``; holes filled (slice-wise by default, see :func:`covidseg.infer.masks.fill_holes`);
 4. opacity outside the lung mask removed;
 5. opening, then closing, of opacity with balls of ``opening_mm`` / ``closing_mm`` (anisotropic voxels);
 6. opacity components smaller than ``min_lesion_ml`` removed (they become lung).
@@ -20,7 +20,7 @@ lungs' bounding box; nothing here allocates a float volume.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -30,11 +30,9 @@ from covidseg.errors import ConfigError, InputError
 from covidseg.infer.body import body_mask
 from covidseg.infer.lungmask import classical_lung_mask, slice_lung_mask
 from covidseg.infer.masks import (
-    Box,
     bounding_box,
     component_sizes,
     fill_holes,
-    keep_largest_components,
     label_components,
     morphology,
     remove_small_components,
@@ -88,10 +86,11 @@ class PostprocessConfig:
         min_lesion_ml: Opacity components smaller than this become lung; 0 keeps all.
         lung_mask_source: ``"auto"`` (the model's lung class when it has one, else HU), ``"model"`` or ``"hu"``
             (the classical HU lung mask; needs ``hu``).
-        within_body: With the model's lung class, drop the components of lung plus opacity that lie mostly
-            outside the patient's body outline from HU (:func:`~covidseg.infer.body.body_mask`): the table,
-            cushions and air around the patient. Needs ``hu``; volumes only (a single slice, often a display
-            image cropped to the thorax, has no outline to trust).
+        within_body: With the model's lung class, lung components (lung plus opacity) that lie mostly outside
+            the patient's body outline from HU (:func:`~covidseg.infer.body.body_mask`: the table, cushions,
+            air around the patient) are not lungs; their opacity goes with ``remove_opacity_outside_lung``.
+            Needs ``hu``; volumes only (a single slice, often a display image cropped to the thorax, has no
+            outline to trust).
         opacity_connected_to_lung: With the HU lung mask, add to the lungs only the opacity components
             connected to it (dense consolidation against the chest wall is; fat, bowel and muscle the network
             took for opacity are not); otherwise all predicted opacity joins the lung mask. Volumes only.
@@ -287,6 +286,7 @@ def postprocess(
         raise InputError(f"hu shape {np.shape(hu)} differs from the label shape {labels.shape}")
     is_volume = labels.shape[0] > 1
     out = np.zeros(labels.shape, dtype=np.uint8)
+    seeds = outside = None
     if source == "model":
         if i_lung is None:
             raise ConfigError(f"lung_mask_source='model' needs a 'lung' class; the model has {list(class_names)}")
@@ -298,8 +298,7 @@ def postprocess(
         opacity = crop == i_opacity
         lung = crop == i_lung
         if cfg.within_body and hu is not None and is_volume:
-            lung = _components_mostly_inside(lung | opacity, body_mask(np.asarray(hu), spacing_t, box=box))
-            opacity &= lung
+            outside = ~body_mask(np.asarray(hu), spacing_t, box=box)
     else:
         if hu is None:
             raise InputError(
@@ -307,21 +306,18 @@ def postprocess(
                 "so the lung mask can be computed from Hounsfield units"
             )
         full_opacity = labels == i_opacity
-        hu_lung = _hu_lung_mask(np.asarray(hu), spacing_t)
-        if cfg.opacity_connected_to_lung and is_volume:
-            full_lung = _components_reaching(hu_lung | full_opacity, hu_lung)
-        else:
-            full_lung = hu_lung | full_opacity
-        box = bounding_box(full_lung)
+        full_lung = _hu_lung_mask(np.asarray(hu), spacing_t)
+        box = bounding_box(full_lung | full_opacity)
         if box is None:
             return out
         opacity, lung = full_opacity[box], full_lung[box]
+        if cfg.opacity_connected_to_lung and is_volume:
+            seeds = lung.copy()
     lung |= opacity
 
-    voxel_ml = voxel_volume_ml(spacing_t)
-    if cfg.lung_components > 0:
-        min_voxels = int(np.ceil(cfg.min_lung_component_ml / voxel_ml))
-        lung = keep_largest_components(lung, cfg.lung_components, min_voxels)
+    min_voxels = int(np.ceil(cfg.min_lung_component_ml / voxel_volume_ml(spacing_t)))
+    if cfg.lung_components > 0 or seeds is not None or outside is not None:
+        lung = _lung_components(lung, cfg.lung_components, min_voxels, seeds=seeds, outside=outside)
     if cfg.fill_lung_holes:
         max_hole = None
         if cfg.fill_holes_mode == "slice" and cfg.max_hole_mm2 > 0:
@@ -339,7 +335,7 @@ def postprocess(
         if cfg.remove_opacity_outside_lung:
             opacity &= lung
     if cfg.min_lesion_ml > 0:
-        opacity = remove_small_components(opacity, int(np.ceil(cfg.min_lesion_ml / voxel_ml)))
+        opacity = remove_small_components(opacity, int(np.ceil(cfg.min_lesion_ml / voxel_volume_ml(spacing_t))))
 
     out_box = out[box]
     out_box[...] = lung.view(np.uint8)  # bool -> 0/1 without arithmetic
@@ -347,36 +343,39 @@ def postprocess(
     return out
 
 
-def _components_reaching(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """The 3-D face-connected components of ``mask`` that hold a voxel of ``seeds`` (a subset of ``mask``)."""
+def _lung_components(
+    mask: np.ndarray,
+    n_keep: int,
+    min_voxels: int,
+    *,
+    seeds: np.ndarray | None = None,
+    outside: np.ndarray | None = None,
+) -> np.ndarray:
+    """The 3-D face-connected components of ``mask`` kept as lungs, from one labelling.
 
-    def reached(labels: np.ndarray, n: int, box: Box) -> np.ndarray:
-        keep = np.zeros(n + 1, dtype=bool)
-        keep[labels[seeds[box]]] = True
-        return keep
-
-    return _select_components(mask, reached)
-
-
-def _components_mostly_inside(mask: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """The 3-D face-connected components of ``mask`` with at least half of their voxels inside ``region``."""
-
-    def mostly_inside(labels: np.ndarray, n: int, box: Box) -> np.ndarray:
-        crop = mask[box]
-        inside = component_sizes(labels, n, mask=crop & region[box])
-        return 2 * inside >= np.maximum(component_sizes(labels, n, mask=crop), 1)
-
-    return _select_components(mask, mostly_inside)
-
-
-def _select_components(mask: np.ndarray, choose: Callable[[np.ndarray, int, Box], np.ndarray]) -> np.ndarray:
-    """The components of ``mask`` that ``choose(labels, n, box)`` keeps (labels of ``mask[box]``, ``n`` of them)."""
+    A component is kept if it holds a voxel of ``seeds`` (when given), has at most half of its voxels in
+    ``outside`` (when given), and is among the ``n_keep`` largest such components with at least ``min_voxels``
+    voxels (every such component, whatever its size, when ``n_keep`` is 0).
+    """
     out = np.zeros(mask.shape, dtype=bool)
     box = bounding_box(mask)
     if box is None:
         return out
-    labels, n = label_components(mask[box])
-    keep = choose(labels, n, box)
+    crop = mask[box]
+    labels, n = label_components(crop)
+    sizes = component_sizes(labels, n, mask=crop)
+    keep = sizes > 0
+    if seeds is not None:
+        reached = np.zeros(n + 1, dtype=bool)
+        reached[labels[seeds[box]]] = True
+        keep &= reached
+    if outside is not None:  # outside voxels are few: count them, not the inside ones
+        keep &= 2 * component_sizes(labels, n, mask=crop & outside[box]) <= sizes
+    if n_keep > 0:
+        keep &= sizes >= max(min_voxels, 1)
+        largest = np.zeros(n + 1, dtype=bool)
+        largest[np.argsort(-np.where(keep, sizes, -1), kind="stable")[:n_keep]] = True
+        keep &= largest
     keep[0] = False
     out[box] = select_labels(labels, keep)
     return out
