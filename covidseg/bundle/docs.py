@@ -108,8 +108,8 @@ covidseg's post-processing makes the final label map, **uint8, 0 background, 1 l
 |---|---|
 {post_rows}
 
-The post-processing code is covidseg's own, shipped in `scripts/` (`postprocess.py`, `masks.py`, `lungmask.py`, `body.py`);
-the bundle does not need covidseg installed. It gives the same mask as
+The post-processing code is covidseg's own, shipped in `scripts/` (`postprocess.py`, `masks.py`, `lungmask.py`,
+`body.py`); the bundle does not need covidseg installed. It gives the same mask as
 `covidseg predict --precision fp32 --no-fast` with the same checkpoint.
 
 Differences from the checkpoint's own settings:
