@@ -23,12 +23,14 @@ The machine is shared: a load average above the number of cores makes every time
 wait for busy cores; a network that takes 40 s on an idle machine took 1200 s at load 8). The load is printed
 and stored with each result; compare configurations only from runs on an idle machine.
 
-Run of 2026-11-22, 10:03 UTC (BENCHMARKS.md; model trained with ``configs/benchmarks/phantom384.yaml``, default
-batches 2 fp32 / 4 bf16, median of 3 interleaved runs): fp32 56.9 s (network 181 ms per slice), bf16 +
-channels-last 25.7 s (78 ms per slice), non-network 2.3-2.5 s = 4.5 % of the fp32 network and 10.1 % of the bf16
-one (12.2 % on the fast path; at most 12.8 % in any run), peak RSS 1.25 GB; bf16 labels agree with fp32 on
-99.972 % of voxels; the fast path skips 47 slices without changing the opacity. The non-network time was 6 s
-before foreground-window resizing, connected-components-3d and concurrent writes (session 3: bf16 20.8 %).
+Run of 2026-11-22, 12:05 UTC (BENCHMARKS.md; model trained with ``configs/benchmarks/phantom384.yaml``, default
+batches 2 fp32 / 4 bf16, median of 3 interleaved runs, post-processing with the body-outline check): fp32 74.1 s
+(network 235 ms per slice), bf16 + channels-last 31.5 s (95 ms per slice), non-network 3.1-3.5 s = 5.0 % of the fp32
+network and 10.7 % of the bf16 one (13.0 % on the fast path; at most 13.9 % in any run), peak RSS 1.26 GB; bf16
+labels agree with fp32 on 99.972 % of voxels; the fast path skips 47 slices without changing the opacity. The same
+page two hours earlier, before the body check, measured fp32 56.9 s and bf16 25.7 s (78 ms per slice): the network's
+speed on this shared machine varies by a third. The non-network time was 6 s before foreground-window resizing,
+connected-components-3d and concurrent writes (session 3: bf16 20.8 %).
 
 Usage:
     python pipelines/bench_predict.py [--slices 300] [--size 512] [--model CKPT] [--slice-size 384]
