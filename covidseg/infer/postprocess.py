@@ -315,7 +315,8 @@ def postprocess(
             seeds = lung.copy()
     lung |= opacity
 
-    min_voxels = int(np.ceil(cfg.min_lung_component_ml / voxel_volume_ml(spacing_t)))
+    voxel_ml = voxel_volume_ml(spacing_t)
+    min_voxels = int(np.ceil(cfg.min_lung_component_ml / voxel_ml))
     if cfg.lung_components > 0 or seeds is not None or outside is not None:
         lung = _lung_components(lung, cfg.lung_components, min_voxels, seeds=seeds, outside=outside)
     if cfg.fill_lung_holes:
@@ -335,7 +336,7 @@ def postprocess(
         if cfg.remove_opacity_outside_lung:
             opacity &= lung
     if cfg.min_lesion_ml > 0:
-        opacity = remove_small_components(opacity, int(np.ceil(cfg.min_lesion_ml / voxel_volume_ml(spacing_t))))
+        opacity = remove_small_components(opacity, int(np.ceil(cfg.min_lesion_ml / voxel_ml)))
 
     out_box = out[box]
     out_box[...] = lung.view(np.uint8)  # bool -> 0/1 without arithmetic
